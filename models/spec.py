@@ -1,0 +1,156 @@
+"""The inference spec: everything needed to turn a video into a verdict, stored in the checkpoint.
+
+`spec_hash` covers exactly what changes the cached features (sampling, face crops, backbone and
+its weights), so two models never share incompatible cached features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FEATURE_FORMAT = 1
+
+BackboneArch = Literal["resnet50", "mobilenet_v3_large", "efficientnet_b0"]
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+
+FEATURE_DIMS: dict[str, int] = {
+    "resnet50": 2048,
+    "mobilenet_v3_large": 960,
+    "efficientnet_b0": 1280,
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SamplingSpec(_Spec):
+    """Which frames of a video are looked at: every n-th frame, or k evenly spaced ones."""
+
+    mode: Literal["every_nth", "uniform"] = "uniform"
+    every_nth: Annotated[int, Field(ge=1)] = 30
+    num_frames: Annotated[int, Field(ge=1)] = 32
+    max_frames: Annotated[int, Field(ge=1)] = 64
+
+
+class DecodeLimits(_Spec):
+    """Safety limits for decoding one video (not part of `spec_hash`)."""
+
+    max_bytes: Annotated[int, Field(ge=1)] = 1 << 30
+    max_duration_s: Annotated[float, Field(gt=0)] = 4 * 3600.0
+    max_pixels: Annotated[int, Field(ge=1)] = 3840 * 2160
+    max_decoded_frames: Annotated[int, Field(ge=1)] = 250_000
+    max_wall_s: Annotated[float, Field(gt=0)] = 300.0
+
+
+class FaceSpec(_Spec):
+    """Face cropping: MTCNN (facenet-pytorch) largest face, square crop with a margin."""
+
+    detector: Literal["mtcnn", "none"] = "mtcnn"
+    margin: Annotated[float, Field(ge=0.0, le=2.0)] = 0.3
+    min_face_size: Annotated[int, Field(ge=8)] = 40
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    detect_max_side: Annotated[int, Field(ge=64)] = 640
+    no_face: Literal["drop", "full_frame"] = "drop"
+
+
+class BackboneSpec(_Spec):
+    """Frame feature extractor: a torchvision classifier without its head."""
+
+    arch: BackboneArch = "resnet50"
+    weights: str = Field(
+        default="imagenet",
+        description="identity of the weights: 'imagenet', 'none' (random init) or 'file:<name>'",
+    )
+    weights_sha256: str | None = Field(
+        default=None, description="digest of the backbone weights stored in the checkpoint"
+    )
+    input_size: Annotated[int, Field(ge=32)] = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    dtype: ComputeDtype = "float32"
+    channels_last: bool = True
+
+    @property
+    def feature_dim(self) -> int:
+        return FEATURE_DIMS[self.arch]
+
+
+class MemberSpec(_Spec):
+    """One sequence classifier of the ensemble (bidirectional LSTM or GRU + attention pooling)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")]
+    kind: Literal["lstm", "gru"]
+    hidden_size: Annotated[int, Field(ge=1)]
+    num_layers: Annotated[int, Field(ge=1)] = 2
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+    fc_dims: tuple[int, ...] = (256,)
+
+
+DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (
+    MemberSpec(name="lstm768", kind="lstm", hidden_size=768),
+    MemberSpec(name="lstm512", kind="lstm", hidden_size=512),
+    MemberSpec(name="gru768", kind="gru", hidden_size=768),
+)
+
+
+class EnsembleSpec(_Spec):
+    """Members and their (optional) weights for softmax-probability averaging."""
+
+    members: tuple[MemberSpec, ...] = DEFAULT_MEMBERS
+    weights: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> EnsembleSpec:
+        names = [m.name for m in self.members]
+        if not names:
+            raise ValueError("an ensemble needs at least one member")
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be unique: {names}")
+        if self.weights is not None and (
+            len(self.weights) != len(self.members) or min(self.weights) < 0 or sum(self.weights) <= 0
+        ):
+            raise ValueError("weights need one non-negative value per member and a positive sum")
+        return self
+
+
+class PipelineSpec(_Spec):
+    """The whole inference recipe of one checkpoint."""
+
+    name: str = "dfd-ensemble"
+    version: str = "0"
+    sampling: SamplingSpec = SamplingSpec()
+    decode: DecodeLimits = DecodeLimits()
+    face: FaceSpec = FaceSpec()
+    backbone: BackboneSpec = BackboneSpec()
+    ensemble: EnsembleSpec = EnsembleSpec()
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    temperature: Annotated[float, Field(gt=0.0)] = 1.0
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.feature_dim
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of everything that changes the features (namespaces the feature cache)."""
+        return feature_hash(self.sampling, self.face, self.backbone)
+
+
+def feature_hash(sampling: SamplingSpec, face: FaceSpec, backbone: BackboneSpec) -> str:
+    """Stable 16-hex-digit digest of the feature-defining parts of a spec."""
+    document = {
+        "feature_format": FEATURE_FORMAT,
+        "sampling": sampling.model_dump(mode="json"),
+        "face": face.model_dump(mode="json"),
+        "backbone": backbone.model_dump(mode="json"),
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
