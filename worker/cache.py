@@ -1,0 +1,210 @@
+"""Feature cache keyed by content digest and `spec_hash`: Redis or an in-process LRU.
+
+Values are encoded by `worker.cache_codec` (raw tensor bytes and a JSON header, never pickle).
+`ResilientCache` keeps the worker serving when the backend fails: a lookup that cannot reach the
+backend is a "bypass", and after a failure the backend is skipped for `retry_after_s` before it is
+tried again, so a dead or slow Redis costs at most one timeout per interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from models.pipeline import VideoFeatures
+from worker.cache_codec import CacheCorrupt, decode_features, encode_features
+
+__all__ = [
+    "CacheCorrupt",
+    "CacheStatus",
+    "CacheUnavailable",
+    "FeatureStore",
+    "LruFeatureCache",
+    "RedisFeatureCache",
+    "ResilientCache",
+    "cache_key",
+    "decode_features",
+    "encode_features",
+]
+
+log = logging.getLogger(__name__)
+
+CacheStatus = Literal["hit", "miss", "bypass"]
+
+
+class CacheUnavailable(Exception):
+    """The cache backend cannot be reached or did not answer in time."""
+
+
+class FeatureStore(Protocol):
+    """A byte store for encoded features."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, blob: bytes) -> None: ...
+
+
+def cache_key(spec_hash: str, digest: str, prefix: str = "dfd:feat") -> str:
+    """The cache key of a video's features: namespaced by the spec that produced them."""
+    return f"{prefix}:{spec_hash}:{digest}"
+
+
+class RedisFeatureCache:
+    """Encoded features in Redis with a TTL; no retries, short timeouts."""
+
+    def __init__(self, url: str, ttl_s: int = 7 * 86400, timeout_s: float = 0.25) -> None:
+        if ttl_s < 1:
+            raise ValueError("ttl_s must be at least one second")
+        self._ttl_s = ttl_s
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def get(self, key: str) -> bytes | None:
+        """The stored value, or None; raises `CacheUnavailable` when Redis fails."""
+        try:
+            value = self._client.get(key)
+        except redis.RedisError as exc:
+            raise CacheUnavailable(f"redis get failed: {exc}") from exc
+        return value if isinstance(value, bytes) else None
+
+    def put(self, key: str, blob: bytes) -> None:
+        """Store with the TTL; raises `CacheUnavailable` when Redis fails."""
+        try:
+            self._client.set(key, blob, ex=self._ttl_s)
+        except redis.RedisError as exc:
+            raise CacheUnavailable(f"redis set failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+
+class LruFeatureCache:
+    """Encoded features in process memory, least recently used evicted first; thread-safe."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: str, blob: bytes) -> None:
+        with self._lock:
+            self._entries[key] = blob
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class ResilientCache:
+    """Feature cache front: decodes values, turns backend failures into bypasses.
+
+    `on_error` is called with every backend failure (`CacheUnavailable`) and every corrupt value
+    (`CacheCorrupt`, served as a miss). While the backend is being skipped, no error is reported.
+    """
+
+    def __init__(
+        self,
+        backend: FeatureStore,
+        retry_after_s: float = 5.0,
+        on_error: Callable[[Exception], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._backend = backend
+        self._retry_after_s = retry_after_s
+        self._on_error = on_error
+        self._clock = clock
+        self._skip_until: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        """False while the backend is skipped after a failure."""
+        with self._lock:
+            return self._skip_until is None
+
+    def get(self, key: str, spec_hash: str) -> tuple[VideoFeatures | None, CacheStatus]:
+        """Cached features and how the lookup went: "hit", "miss" or "bypass"."""
+        if self._skipping():
+            return None, "bypass"
+        try:
+            blob = self._backend.get(key)
+        except CacheUnavailable as exc:
+            self._failed(exc)
+            return None, "bypass"
+        self._succeeded()
+        if blob is None:
+            return None, "miss"
+        try:
+            return decode_features(blob, spec_hash), "hit"
+        except CacheCorrupt as exc:
+            log.warning("corrupt cache value treated as a miss", extra={"key": key, "error": exc})
+            self._report(exc)
+            return None, "miss"
+
+    def put(self, key: str, value: VideoFeatures, spec_hash: str) -> bool:
+        """Store `value`; False when the backend was skipped or failed."""
+        if self._skipping():
+            return False
+        blob = encode_features(value, spec_hash)
+        try:
+            self._backend.put(key, blob)
+        except CacheUnavailable as exc:
+            self._failed(exc)
+            return False
+        self._succeeded()
+        return True
+
+    def _skipping(self) -> bool:
+        with self._lock:
+            return self._skip_until is not None and self._clock() < self._skip_until
+
+    def _failed(self, exc: CacheUnavailable) -> None:
+        with self._lock:
+            first = self._skip_until is None
+            self._skip_until = self._clock() + self._retry_after_s
+        if first:
+            log.warning(
+                "feature cache unavailable; bypassing it",
+                extra={"error": str(exc), "retry_after_s": self._retry_after_s},
+            )
+        self._report(exc)
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            recovered = self._skip_until is not None
+            self._skip_until = None
+        if recovered:
+            log.info("feature cache available again")
+
+    def _report(self, exc: Exception) -> None:
+        if self._on_error is None:
+            return
+        try:
+            self._on_error(exc)
+        except Exception:
+            log.exception("cache on_error callback failed")

@@ -1,0 +1,140 @@
+"""Byte format of cached video features: a small JSON header and the raw tensor, never pickle.
+
+Layout (all integers little-endian):
+
+    b"DFDF" | u16 format version | u32 header length | JSON header (UTF-8) | tensor bytes
+
+The header holds `dtype`, `shape` ([T, D]), `spec_hash`, `timestamps_s`, `sampled`, `with_face`
+and the CRC-32 of the tensor bytes. The tensor is stored row-major, little-endian. Decoding checks
+every field, the length and the checksum, and raises `CacheCorrupt` on any mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.pipeline import VideoFeatures
+
+MAGIC = b"DFDF"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 1 << 20
+_PREFIX = struct.Struct("<4sHI")
+_HEADER_KEYS = frozenset(
+    {"dtype", "shape", "spec_hash", "timestamps_s", "sampled", "with_face", "crc32"}
+)
+# dtype name -> (torch dtype, same-width integer dtype, little-endian numpy integer dtype)
+_DTYPES: dict[str, tuple[torch.dtype, torch.dtype, str]] = {
+    "float32": (torch.float32, torch.int32, "<i4"),
+    "float16": (torch.float16, torch.int16, "<i2"),
+    "bfloat16": (torch.bfloat16, torch.int16, "<i2"),
+}
+_DTYPE_NAMES = {torch_dtype: name for name, (torch_dtype, _, _) in _DTYPES.items()}
+
+
+class CacheCorrupt(Exception):
+    """A cached value that cannot be trusted: bad magic, truncated, wrong spec_hash, ..."""
+
+
+def encode_features(features: VideoFeatures, spec_hash: str) -> bytes:
+    """Serialise `features` for the cache, tagged with the `spec_hash` that produced them."""
+    tensor = features.features.detach().cpu().contiguous()
+    name = _DTYPE_NAMES.get(tensor.dtype)
+    if name is None:
+        raise ValueError(f"cannot cache features of dtype {tensor.dtype}")
+    if tensor.dim() != 2:
+        raise ValueError(f"features must be [T, D], got shape {tuple(tensor.shape)}")
+    _, int_dtype, little_endian = _DTYPES[name]
+    payload = tensor.view(int_dtype).numpy().astype(little_endian, copy=False).tobytes()
+    header = {
+        "dtype": name,
+        "shape": list(tensor.shape),
+        "spec_hash": spec_hash,
+        "timestamps_s": [float(t) for t in features.timestamps_s],
+        "sampled": features.sampled,
+        "with_face": features.with_face,
+        "crc32": zlib.crc32(payload),
+    }
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + payload
+
+
+def decode_features(blob: bytes, spec_hash: str) -> VideoFeatures:
+    """Parse a cached value; raises `CacheCorrupt` unless every check passes."""
+    if len(blob) < _PREFIX.size:
+        raise CacheCorrupt(f"value is {len(blob)} bytes, shorter than the prefix")
+    magic, version, header_length = _PREFIX.unpack_from(blob)
+    if magic != MAGIC:
+        raise CacheCorrupt(f"bad magic {magic!r}")
+    if version != FORMAT_VERSION:
+        raise CacheCorrupt(f"unknown format version {version}")
+    if header_length > MAX_HEADER_BYTES or _PREFIX.size + header_length > len(blob):
+        raise CacheCorrupt(f"header length {header_length} does not fit the value")
+    header = _parse_header(blob[_PREFIX.size : _PREFIX.size + header_length])
+    if header["spec_hash"] != spec_hash:
+        raise CacheCorrupt(f"spec_hash {header['spec_hash']!r} differs from {spec_hash!r}")
+    torch_dtype, _, little_endian = _DTYPES[header["dtype"]]
+    rows, columns = header["shape"]
+    payload = blob[_PREFIX.size + header_length :]
+    expected = rows * columns * np.dtype(little_endian).itemsize
+    if len(payload) != expected:
+        raise CacheCorrupt(f"tensor has {len(payload)} bytes, expected {expected}")
+    if zlib.crc32(payload) != header["crc32"]:
+        raise CacheCorrupt("tensor checksum mismatch")
+    if len(header["timestamps_s"]) != rows:
+        raise CacheCorrupt(f"{len(header['timestamps_s'])} timestamps for {rows} feature rows")
+    native = np.dtype(little_endian).newbyteorder("=")
+    integers = np.frombuffer(payload, dtype=little_endian).astype(native, copy=True)
+    tensor = torch.from_numpy(integers).view(torch_dtype).reshape(rows, columns)
+    return VideoFeatures(
+        features=tensor,
+        timestamps_s=[float(t) for t in header["timestamps_s"]],
+        sampled=header["sampled"],
+        with_face=header["with_face"],
+    )
+
+
+def _parse_header(raw: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CacheCorrupt(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
+        raise CacheCorrupt("header does not have the expected fields")
+    shape = header["shape"]
+    problems = [
+        ("dtype", header["dtype"] in _DTYPES),
+        ("spec_hash", isinstance(header["spec_hash"], str)),
+        ("shape", isinstance(shape, list) and len(shape) == 2 and all(map(_count, shape))),
+        ("sampled", _count(header["sampled"])),
+        (
+            "with_face",
+            _count(header["with_face"])
+            and _count(header["sampled"])
+            and header["with_face"] <= header["sampled"],
+        ),
+        ("crc32", _count(header["crc32"])),
+        (
+            "timestamps_s",
+            isinstance(header["timestamps_s"], list)
+            and all(_finite(t) for t in header["timestamps_s"]),
+        ),
+    ]
+    bad = [name for name, ok in problems if not ok]
+    if bad:
+        raise CacheCorrupt(f"invalid header fields: {', '.join(bad)}")
+    return header
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,140 @@
+"""Prometheus metrics of one worker (prefix `dfd_`), on a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+STAGES = ("fetch", "decode", "faces", "embed", "classify", "cache_get", "cache_put", "produce")
+BATCH_SIZE_BUCKETS = tuple(float(1 << power) for power in range(9))  # 1, 2, 4, ..., 256
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """Every metric family the worker exports; each instance owns a fresh `CollectorRegistry`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+
+        self.requests = Counter(
+            "dfd_requests",
+            "Requests finished, by status and error code",
+            ["status", "code"],
+            registry=registry,
+        )
+        self.dlq_messages = Counter(
+            "dfd_dlq_messages",
+            "Messages sent to the dead-letter topic",
+            ["code"],
+            registry=registry,
+        )
+        self.frames_decoded = Counter(
+            "dfd_frames_decoded", "Video frames decoded", registry=registry
+        )
+        self.frames_sampled = Counter(
+            "dfd_frames_sampled", "Frames kept by the sampler", registry=registry
+        )
+        self.faces_found = Counter(
+            "dfd_faces_found", "Sampled frames with a detected face", registry=registry
+        )
+        self.cache_hits = Counter("dfd_cache_hits", "Feature cache hits", registry=registry)
+        self.cache_misses = Counter("dfd_cache_misses", "Feature cache misses", registry=registry)
+        self.cache_errors = Counter(
+            "dfd_cache_errors",
+            "Feature cache failures (unavailable or corrupt)",
+            registry=registry,
+        )
+        self.cache_bypass = Counter(
+            "dfd_cache_bypass", "Lookups served without the cache", registry=registry
+        )
+
+        self.stage_seconds = Histogram(
+            "dfd_stage_seconds",
+            "Time per pipeline stage",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "dfd_request_seconds",
+            "End-to-end time per request, from poll to verdict delivery",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "dfd_batch_size",
+            "Items per dynamic batch",
+            ["stage"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "dfd_batch_seconds",
+            "Time to run one dynamic batch",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+        self.inflight_requests = Gauge(
+            "dfd_inflight_requests",
+            "Requests taken from Kafka and not yet finished",
+            registry=registry,
+        )
+        self.paused_partitions = Gauge(
+            "dfd_paused_partitions",
+            "Assigned partitions paused for backpressure",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "dfd_consumer_lag",
+            "Messages between the high watermark and the committed offset",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.assigned_partitions = Gauge(
+            "dfd_assigned_partitions", "Partitions assigned to this worker", registry=registry
+        )
+        self.ready = Gauge("dfd_ready", "1 while the worker is ready", registry=registry)
+        self.model_info = Gauge(
+            "dfd_model_info",
+            "The loaded model (value is always 1)",
+            ["name", "version", "spec_hash"],
+            registry=registry,
+        )
+
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
+
+    def set_model(self, name: str, version: str, spec_hash: str) -> None:
+        """Publish the loaded model's identity (replaces any earlier one)."""
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=version, spec_hash=spec_hash).set(1)
+
+    def observe_batch(self, stage: str, size: int, seconds: float) -> None:
+        """Record one dynamic batch (fits `DynamicBatcher`'s `on_batch` via a partial)."""
+        self.batch_size.labels(stage=stage).observe(size)
+        self.batch_seconds.labels(stage=stage).observe(seconds)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
