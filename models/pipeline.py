@@ -1,0 +1,204 @@
+"""The inference pipeline of one checkpoint, in stages the worker can batch across videos.
+
+    decode (per video, threads) -> crop_faces (frames pooled from several videos)
+      -> embed (crops pooled from several videos) -> assemble (per video, face policy)
+      -> classify (a padded, masked batch of videos)
+
+`predict_file` runs exactly these stages for one video, so it gives the same numbers as the
+worker's staged path for the same inputs. (Pooling frames of several videos into one backbone
+batch may change results in the last float bits, as any change of batch composition can.)
+
+Thread-safety: `decode` may run concurrently from many threads. `crop_faces`, `embed` and
+`classify` only read the modules (eval mode, inference mode) and may also be called
+concurrently, though one thread per stage is the efficient way to feed an accelerator.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.backbones import FrameEmbedder, build_backbone
+from models.checkpoint import load_checkpoint
+from models.ensemble import Ensemble
+from models.errors import NoFace
+from models.faces import FaceCropper, FaceCrops
+from models.heads import pad_sequences
+from models.spec import DecodeLimits, PipelineSpec
+from models.video import DecodedVideo, Source, decode_frames
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VideoFeatures:
+    """The classifier's input for one video: features of the frames kept by the face policy."""
+
+    features: Tensor  # [T, D] float32 on CPU
+    timestamps_s: list[float]  # one per kept frame
+    sampled: int  # frames decoded from the sample
+    with_face: int  # of which had a face
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The verdict on one video. `label` is "fake" iff `fake_probability >= threshold`."""
+
+    fake_probability: float
+    label: Literal["fake", "real"]
+    threshold: float
+    members: dict[str, float]
+    timestamps_s: list[float]
+    attention: list[float]  # one weight per timestamp, summing to 1
+    sampled: int
+    with_face: int
+
+
+def kept_frames(has_face: Sequence[bool], no_face: Literal["drop", "full_frame"]) -> list[int]:
+    """Indices of the frames the face policy keeps; `NoFace` when "drop" leaves none."""
+    if no_face == "full_frame":
+        return list(range(len(has_face)))
+    kept = [i for i, found in enumerate(has_face) if found]
+    if not kept:
+        raise NoFace(f"no face found in any of the {len(has_face)} sampled frames")
+    return kept
+
+
+class Detector:
+    """A checkpoint's whole pipeline: video -> frames -> face crops -> features -> verdict.
+
+    Takes ownership of `backbone` and `ensemble`: they are moved to `device` and set to eval mode.
+    """
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        backbone: nn.Module,
+        ensemble: Ensemble,
+        device: torch.device | str = "cpu",
+        *,
+        decode_limits: DecodeLimits | None = None,
+    ) -> None:
+        if ensemble.spec != spec.ensemble or ensemble.input_dim != spec.feature_dim:
+            raise ValueError("the ensemble was not built from this spec's ensemble and feature dim")
+        if ensemble.temperature != spec.temperature:
+            raise ValueError(
+                f"ensemble temperature {ensemble.temperature} differs from the spec's "
+                f"{spec.temperature}"
+            )
+        self.spec = spec
+        self.device = torch.device(device)
+        self.decode_limits = decode_limits or spec.decode
+        self._cropper = FaceCropper(spec.face, spec.backbone.input_size, self.device)
+        self._embedder = FrameEmbedder(spec.backbone, backbone, self.device)
+        self._ensemble = ensemble.to(self.device).eval()
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        device: torch.device | str = "cpu",
+        *,
+        decode_limits: DecodeLimits | None = None,
+    ) -> Detector:
+        """The detector stored in a checkpoint (raises `CheckpointError` when it is unusable)."""
+        loaded = load_checkpoint(path)
+        spec = loaded.spec
+        backbone = build_backbone(spec.backbone, state_dict=loaded.backbone_state)
+        ensemble = Ensemble(spec.ensemble, spec.feature_dim, temperature=spec.temperature)
+        for name, state in loaded.member_states.items():
+            ensemble.member(name).load_state_dict(state)
+        logger.info(
+            "loaded %s v%s (spec_hash %s) from %s", spec.name, spec.version, spec.spec_hash, path
+        )
+        return cls(spec, backbone, ensemble, device, decode_limits=decode_limits)
+
+    def decode(self, source: Source, *, threads: int = 0) -> DecodedVideo:
+        """The sampled frames of one video (safe to call from several threads)."""
+        return decode_frames(source, self.spec.sampling, self.decode_limits, threads=threads)
+
+    def crop_faces(self, frames: Sequence[np.ndarray]) -> FaceCrops:
+        """One `input_size` square crop per frame (frames of several videos may be pooled)."""
+        return self._cropper.crop(frames)
+
+    def embed(self, crops: Tensor) -> Tensor:
+        """`[N, 3, S, S]` uint8 crops -> `[N, D]` float32 features on CPU."""
+        return self._embedder.embed(crops)
+
+    def keep(self, has_face: Sequence[bool]) -> list[int]:
+        """Indices of a video's frames the face policy keeps (embed only those crops)."""
+        return kept_frames(has_face, self.spec.face.no_face)
+
+    def assemble(
+        self, video: DecodedVideo, has_face: Sequence[bool], embeddings: Tensor
+    ) -> VideoFeatures:
+        """One video's features from the embeddings of its kept frames (see `keep`), in order."""
+        if len(has_face) != len(video.frames):
+            raise ValueError(f"{len(has_face)} face flags for {len(video.frames)} frames")
+        kept = self.keep(has_face)
+        if embeddings.shape != (len(kept), self.spec.feature_dim):
+            raise ValueError(
+                f"expected embeddings of shape {(len(kept), self.spec.feature_dim)} for the kept "
+                f"frames, got {tuple(embeddings.shape)}"
+            )
+        return VideoFeatures(
+            features=embeddings.to("cpu", torch.float32),
+            timestamps_s=[video.timestamps_s[i] for i in kept],
+            sampled=len(video.frames),
+            with_face=sum(has_face),
+        )
+
+    def extract(self, source: Source, *, threads: int = 0) -> VideoFeatures:
+        """All feature stages for one video (what training caches and the worker computes)."""
+        video = self.decode(source, threads=threads)
+        faces = self.crop_faces(video.frames)
+        kept = self.keep(faces.has_face)
+        return self.assemble(video, faces.has_face, self.embed(faces.crops[kept]))
+
+    def classify(self, batch: Sequence[VideoFeatures]) -> list[Prediction]:
+        """Verdicts for several videos, run as one padded, masked batch."""
+        if not batch:
+            return []
+        x, mask = pad_sequences([item.features for item in batch])
+        with torch.inference_mode():
+            output = self._ensemble(x.to(self.device), mask.to(self.device))
+        probabilities = output.fake_probability.cpu().tolist()
+        members = {name: p.cpu().tolist() for name, p in output.members.items()}
+        attention = output.attention.cpu()
+        threshold = self.spec.threshold
+        return [
+            Prediction(
+                fake_probability=probability,
+                label="fake" if probability >= threshold else "real",
+                threshold=threshold,
+                members={name: values[i] for name, values in members.items()},
+                timestamps_s=list(item.timestamps_s),
+                attention=attention[i, : len(item.timestamps_s)].tolist(),
+                sampled=item.sampled,
+                with_face=item.with_face,
+            )
+            for i, (item, probability) in enumerate(zip(batch, probabilities, strict=True))
+        ]
+
+    def predict_file(self, source: Source, *, threads: int = 0) -> Prediction:
+        """The whole pipeline on one video (the same stages the worker runs)."""
+        return self.classify([self.extract(source, threads=threads)])[0]
+
+
+def build_detector(
+    spec: PipelineSpec,
+    backbone: nn.Module,
+    ensemble: Ensemble,
+    device: torch.device | str = "cpu",
+    *,
+    decode_limits: DecodeLimits | None = None,
+) -> Detector:
+    """A detector from in-memory modules (training, before export), identical to a loaded one."""
+    return Detector(spec, backbone, ensemble, device, decode_limits=decode_limits)
