@@ -114,7 +114,9 @@ class EnsembleSpec(_Spec):
         if len(set(names)) != len(names):
             raise ValueError(f"member names must be unique: {names}")
         if self.weights is not None and (
-            len(self.weights) != len(self.members) or min(self.weights) < 0 or sum(self.weights) <= 0
+            len(self.weights) != len(self.members)
+            or min(self.weights) < 0
+            or sum(self.weights) <= 0
         ):
             raise ValueError("weights need one non-negative value per member and a positive sum")
         return self

@@ -1,0 +1,180 @@
+"""Face crops: the largest MTCNN face of each frame, cut as a square with a margin.
+
+Geometry (shared by every path, so crops never depend on which branch produced them):
+
+- A face crop is a square centred on the detected box, side ``max(w, h) * (1 + margin)`` capped at
+  the frame's longer side. Parts of the square outside the frame are padded with zeros (black),
+  so the face stays centred and keeps its scale at the frame border.
+- The whole frame (no face found, or detector ``"none"``) is letterboxed: the square of side
+  ``max(H, W)`` centred on the frame, zero padded. Nothing of the frame is cut off.
+- The square is resized to ``crop_size`` with antialiased bilinear interpolation (torchvision),
+  which is deterministic on CPU.
+
+Detection runs MTCNN (facenet-pytorch) on the cropper's device, one batched call per frame size,
+on frames downscaled so their longer side is at most ``face.detect_max_side``. ``min_face_size``
+is measured in pixels of that detection image, which bounds the detector's image pyramid.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+from facenet_pytorch.models.utils.detect_face import detect_face
+from torch import nn
+from torchvision.transforms.v2.functional import resize
+
+from models.errors import WeightsError
+from models.spec import FaceSpec
+
+Box = tuple[float, float, float, float]
+PixelBox = tuple[int, int, int, int]
+
+PYRAMID_FACTOR = 0.709  # MTCNN's image-pyramid scale step (facenet-pytorch default)
+
+
+@dataclass(frozen=True)
+class FaceCrops:
+    """One square crop per input frame, in input order."""
+
+    crops: torch.Tensor  # [N, 3, S, S] uint8 RGB on CPU
+    has_face: list[bool]
+    boxes: list[Box | None]  # chosen face box (x1, y1, x2, y2) in frame pixels
+
+
+def square_box(box: Box, margin: float, frame_w: int, frame_h: int) -> PixelBox:
+    """Integer square ``(x0, y0, x1, y1)`` centred on ``box``, side ``max(w, h) * (1 + margin)``.
+
+    The side is at least 1 and at most ``max(frame_w, frame_h)``; the square may extend past the
+    frame border (the caller zero-pads those parts).
+    """
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1.0 + margin)
+    side_px = max(1, round(min(side, max(frame_w, frame_h))))
+    x0 = round((x1 + x2) / 2 - side_px / 2)
+    y0 = round((y1 + y2) / 2 - side_px / 2)
+    return (x0, y0, x0 + side_px, y0 + side_px)
+
+
+def crop_square(frame: torch.Tensor, square: PixelBox, size: int) -> torch.Tensor:
+    """Cut ``square`` out of a ``[3, H, W]`` uint8 frame, zero padded, resized to ``size``."""
+    height, width = frame.shape[-2:]
+    x0, y0, x1, y1 = square
+    scale = size / (x1 - x0)
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if ix1 <= ix0 or iy1 <= iy0:
+        raise ValueError(f"square {square} does not overlap the {width}x{height} frame")
+    left, top = _scaled_offset(ix0 - x0, scale, size), _scaled_offset(iy0 - y0, scale, size)
+    right = max(left + 1, _scaled_offset(ix1 - x0, scale, size))
+    bottom = max(top + 1, _scaled_offset(iy1 - y0, scale, size))
+    visible = resize(frame[:, iy0:iy1, ix0:ix1], [bottom - top, right - left], antialias=True)
+    return F.pad(visible, (left, size - right, top, size - bottom))
+
+
+def _scaled_offset(offset: int, scale: float, size: int) -> int:
+    return min(size, max(0, round(offset * scale)))
+
+
+def _load_mtcnn(device: torch.device) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """P/R/O-nets with the weights shipped in the facenet-pytorch wheel, loaded weights-only."""
+    data = resources.files("facenet_pytorch") / "data"
+    nets: list[nn.Module] = []
+    for net_class, file_name in ((PNet, "pnet.pt"), (RNet, "rnet.pt"), (ONet, "onet.pt")):
+        net = net_class(pretrained=False)
+        try:
+            with resources.as_file(data / file_name) as path:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except (OSError, RuntimeError) as exc:
+            raise WeightsError(f"cannot load MTCNN weights {file_name} from {data}: {exc}") from exc
+        nets.append(net.to(device).eval())
+    pnet, rnet, onet = nets
+    return pnet, rnet, onet
+
+
+class FaceCropper:
+    """Batched MTCNN face detection and square face crops (see the module docstring)."""
+
+    def __init__(self, face: FaceSpec, crop_size: int, device: torch.device | str = "cpu") -> None:
+        if crop_size < 1:
+            raise ValueError(f"crop_size must be positive, got {crop_size}")
+        self.face = face
+        self.crop_size = crop_size
+        self.device = torch.device(device)
+        self._nets = _load_mtcnn(self.device) if face.detector == "mtcnn" else None
+
+    def crop(self, frames: Sequence[np.ndarray]) -> FaceCrops:
+        """One crop per ``H x W x 3`` uint8 RGB frame; frames may differ in size."""
+        size = self.crop_size
+        crops = torch.zeros((len(frames), 3, size, size), dtype=torch.uint8)
+        boxes: list[Box | None] = [None] * len(frames)
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, frame in enumerate(frames):
+            _check_frame(frame, index)
+            by_size[frame.shape[:2]].append(index)
+        for (height, width), indices in by_size.items():
+            stacked = np.stack([frames[i] for i in indices])
+            batch = torch.from_numpy(stacked).to(self.device).permute(0, 3, 1, 2)
+            found = self._find_faces(batch)
+            whole = square_box((0.0, 0.0, float(width), float(height)), 0.0, width, height)
+            for frame, index, box in zip(batch, indices, found, strict=True):
+                square = whole if box is None else square_box(box, self.face.margin, width, height)
+                crops[index] = crop_square(frame, square, size).cpu()
+                boxes[index] = box
+        return FaceCrops(crops=crops, has_face=[b is not None for b in boxes], boxes=boxes)
+
+    def _find_faces(self, batch: torch.Tensor) -> list[Box | None]:
+        """The largest face of each ``[B, 3, H, W]`` uint8 frame; the whole frame for "none"."""
+        height, width = batch.shape[-2:]
+        if self._nets is None:
+            return [(0.0, 0.0, float(width), float(height))] * len(batch)
+        scale = min(1.0, self.face.detect_max_side / max(height, width))
+        small_h, small_w = max(1, round(height * scale)), max(1, round(width * scale))
+        if min(small_h, small_w) < self.face.min_face_size:
+            return [None] * len(batch)
+        small = batch if scale == 1.0 else resize(batch, [small_h, small_w], antialias=True)
+        pnet, rnet, onet = self._nets
+        with torch.inference_mode():
+            detections, _ = detect_face(
+                small.permute(0, 2, 3, 1),
+                self.face.min_face_size,
+                pnet,
+                rnet,
+                onet,
+                list(self.face.thresholds),
+                PYRAMID_FACTOR,
+                self.device,
+            )
+        return [
+            _largest_box(found, width / small_w, height / small_h, width, height)
+            for found in detections
+        ]
+
+
+def _largest_box(
+    detections: np.ndarray, scale_x: float, scale_y: float, width: int, height: int
+) -> Box | None:
+    """The largest-area detection, scaled back to frame pixels and clipped to the frame."""
+    boxes = np.asarray(detections, dtype=np.float64).reshape(-1, 5)[:, :4]
+    if len(boxes) == 0:
+        return None
+    x1, y1, x2, y2 = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))]
+    return (
+        float(np.clip(x1 * scale_x, 0, width)),
+        float(np.clip(y1 * scale_y, 0, height)),
+        float(np.clip(x2 * scale_x, 0, width)),
+        float(np.clip(y2 * scale_y, 0, height)),
+    )
+
+
+def _check_frame(frame: np.ndarray, index: int) -> None:
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(
+            f"frame {index}: expected an HxWx3 uint8 RGB array, got {frame.dtype} {frame.shape}"
+        )
