@@ -1,0 +1,58 @@
+"""`python -m training <command>`: an argparse subcommand registry with lazy imports.
+
+To add a command, give its module `add_parser(subparsers) -> argparse.ArgumentParser` (registering
+the same name) and `run(args) -> int`, and list it in `COMMANDS`. Only the chosen command's module
+is imported, so light commands do not pay for torch. Commands print one JSON object per line on
+stdout and log to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    """A registered subcommand: the module that implements it and a one-line help."""
+
+    module: str
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "synth": Command("training.commands.synth", "generate a labelled synthetic dataset (offline)"),
+    "index": Command("training.commands.index", "build a grouped train/val/test manifest"),
+    "extract": Command("training.extract", "frames -> face crops -> backbone features"),
+    "train": Command("training.train", "train the ensemble members on a feature store"),
+}
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The top-level parser; the command named in `argv` (if any) gets its full subparser."""
+    chosen = next((arg for arg in argv if arg in COMMANDS), None)
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        if name == chosen:
+            module = importlib.import_module(command.module)
+            module.add_parser(subparsers).set_defaults(run=module.run)
+        else:
+            subparsers.add_parser(name, help=command.help)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default: the process arguments), configure logging and run the command."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(arguments).parse_args(arguments)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.run(args))
