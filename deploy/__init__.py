@@ -1,0 +1,1 @@
+"""Runs things: the local stack, images, manifests, alerts, dashboards and JSON schemas."""
