@@ -1,0 +1,212 @@
+"""The worker's per-request pipeline and message handler on a real tiny checkpoint (no Kafka)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.pipeline import Detector
+from producer.contracts import ErrorCode, VideoRequest, parse_verdict
+from tests.checkpoints import make_checkpoint
+from tests.videos import make_video
+from worker.cache import FeatureStore, LruFeatureCache, ResilientCache
+from worker.messages import Inbound
+from worker.metrics import Metrics
+from worker.processing import MessageHandler, ProcessingSettings, VideoProcessor
+from worker.sources import SourcePolicy
+
+torch.set_num_threads(1)
+
+
+def random_clip(path: Path, seed: int, frames: int = 8) -> Path:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    shifted = (np.roll(base, step, axis=1) for step in range(frames))
+    return make_video(path, shifted, fps=8)
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
+    path = make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    return Detector.load(path)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    for seed in range(4):
+        random_clip(root / f"clip{seed}.mp4", seed)
+    (root / "notes.txt").write_text("not a video at all\n" * 20)
+    return root
+
+
+class FailingStore:
+    """A cache backend with a bug: every call raises an unexpected error."""
+
+    def get(self, key: str) -> bytes | None:
+        raise RuntimeError("cache backend bug")
+
+    def put(self, key: str, blob: bytes) -> None:
+        raise RuntimeError("cache backend bug")
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+def build(
+    detector: Detector, videos: Path, metrics: Metrics, store: FeatureStore | None = None
+) -> VideoProcessor:
+    cache = ResilientCache(store or LruFeatureCache(16))
+    settings = ProcessingSettings(worker_id="test-worker", max_batch_frames=16, max_wait_ms=5)
+    return VideoProcessor(detector, cache, SourcePolicy((videos,)), metrics, settings)
+
+
+@pytest.fixture
+def processor(detector: Detector, videos: Path, metrics: Metrics) -> Iterator[VideoProcessor]:
+    built = build(detector, videos, metrics)
+    yield built
+    built.close()
+
+
+def request(path: Path | str, request_id: str = "r1") -> VideoRequest:
+    uri = path if isinstance(path, str) else path.as_uri()
+    return VideoRequest(request_id=request_id, video_uri=uri, metadata={"tenant": "t"})
+
+
+def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
+    return metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_ok_verdict_matches_predict_file_then_hits_the_cache(
+    processor: VideoProcessor, detector: Detector, videos: Path, metrics: Metrics
+) -> None:
+    clip = videos / "clip0.mp4"
+    expected = detector.predict_file(clip)
+    first = processor.process(request(clip))
+    assert first.status == "ok"
+    assert first.cache == "miss"
+    assert first.fake_probability == pytest.approx(expected.fake_probability, abs=1e-4)
+    assert first.members == pytest.approx(expected.members, abs=1e-4)
+    assert first.frames is not None
+    assert first.frames.timestamps_s == pytest.approx(expected.timestamps_s)
+    assert first.label == expected.label
+    assert first.model is not None
+    assert first.model.spec_hash == detector.spec.spec_hash
+    assert first.metadata == {"tenant": "t"}
+    assert {"fetch", "digest", "cache_get", "decode", "faces", "embed", "classify", "total"} <= set(
+        first.timings_ms
+    )
+    second = processor.process(request(clip, "r2"))
+    assert second.cache == "hit"
+    assert second.fake_probability == first.fake_probability
+    assert "decode" not in second.timings_ms
+    assert sample(metrics, "dfd_cache_hits_total") == 1
+    assert sample(metrics, "dfd_cache_misses_total") == 1
+    assert sample(metrics, "dfd_requests_total", {"status": "ok", "code": ""}) == 2
+    assert sample(metrics, "dfd_frames_sampled_total") == expected.sampled
+
+
+def test_concurrent_videos_share_batches_and_keep_their_numbers(
+    processor: VideoProcessor, detector: Detector, videos: Path, metrics: Metrics
+) -> None:
+    clips = sorted(videos.glob("clip*.mp4"))
+    with ThreadPoolExecutor(len(clips)) as pool:
+        verdicts = list(
+            pool.map(lambda c: processor.process(request(c, c.stem)), clips)  # type: ignore[misc]
+        )
+    for clip, verdict in zip(clips, verdicts, strict=True):
+        assert verdict.request_id == clip.stem
+        expected = detector.predict_file(clip).fake_probability
+        assert verdict.fake_probability == pytest.approx(expected, abs=1e-4)
+    batches = sample(metrics, "dfd_batch_size_count", {"stage": "embed"})
+    assert 1 <= batches <= len(clips)
+
+
+@pytest.mark.parametrize(
+    ("target", "code"),
+    [
+        ("missing.mp4", ErrorCode.NOT_FOUND),
+        ("notes.txt", ErrorCode.NOT_A_VIDEO),
+        ("file:///etc/hostname", ErrorCode.URI_NOT_ALLOWED),
+        ("https://example.com/a.mp4", ErrorCode.URI_NOT_ALLOWED),
+    ],
+)
+def test_failures_become_error_verdicts(
+    processor: VideoProcessor, videos: Path, metrics: Metrics, target: str, code: ErrorCode
+) -> None:
+    uri = target if "://" in target else (videos / target).as_uri()
+    verdict = processor.process(request(uri))
+    assert verdict.status == "error"
+    assert verdict.error is not None
+    assert verdict.error.code is code
+    assert verdict.metadata == {"tenant": "t"}
+    assert sample(metrics, "dfd_requests_total", {"status": "error", "code": code.value}) == 1
+
+
+def test_unexpected_exceptions_become_internal_errors(
+    detector: Detector, videos: Path, metrics: Metrics
+) -> None:
+    broken = build(detector, videos, metrics, FailingStore())
+    try:
+        verdict = broken.process(request(videos / "clip1.mp4"))
+    finally:
+        broken.close()
+    assert verdict.error is not None
+    assert verdict.error.code is ErrorCode.INTERNAL
+    assert "cache backend bug" in verdict.error.message
+
+
+def inbound(value: bytes | None, offset: int = 7) -> Inbound:
+    return Inbound("requests", 2, offset, b"key", value, [("trace", b"t1")])
+
+
+@pytest.fixture
+def handler(processor: VideoProcessor, metrics: Metrics) -> MessageHandler:
+    return MessageHandler(processor, "verdicts", "dlq", "test-worker", metrics)
+
+
+def test_valid_message_yields_one_verdict_keyed_by_request_id(
+    handler: MessageHandler, videos: Path
+) -> None:
+    raw = request(videos / "clip2.mp4", "abc").to_bytes()
+    [record] = handler(inbound(raw))
+    assert record.topic == "verdicts"
+    assert record.key == b"abc"
+    assert parse_verdict(record.value).status == "ok"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"not json", b"\xff\xfe\x00garbage", b"[1, 2]", b"x" * 70_000, None]
+)
+def test_poison_goes_to_the_dead_letter_topic_only(
+    handler: MessageHandler, metrics: Metrics, raw: bytes | None
+) -> None:
+    [record] = handler(inbound(raw))
+    assert record.topic == "dlq"
+    assert record.value == (raw or b"")
+    headers = dict(record.headers)
+    assert headers["dfd-error-code"] == b"INVALID_REQUEST"
+    assert headers["dfd-original-offset"] == b"7"
+    assert headers["trace"] == b"t1"
+    assert sample(metrics, "dfd_dlq_messages_total", {"code": "INVALID_REQUEST"}) == 1
+
+
+def test_invalid_request_with_an_id_also_gets_an_error_verdict(handler: MessageHandler) -> None:
+    raw = json.dumps(
+        {"schema_version": 1, "request_id": "bad-1", "video_uri": "ftp://host/a.mp4"}
+    ).encode()
+    dlq, verdict_record = handler(inbound(raw))
+    assert dict(dlq.headers)["dfd-error-code"] == b"UNSUPPORTED_SCHEME"
+    verdict = parse_verdict(verdict_record.value)
+    assert verdict_record.key == b"bad-1"
+    assert verdict.error is not None
+    assert verdict.error.code is ErrorCode.UNSUPPORTED_SCHEME
+    assert verdict.video_uri == "ftp://host/a.mp4"

@@ -1,0 +1,200 @@
+"""Wiring of one worker process: settings -> health server, model, cache, pipeline, poll loop.
+
+Startup order makes `/readyz` honest: the health port opens first (unready), then the checkpoint
+loads and the broker is checked (either failing exits non-zero with a clear message), then the poll
+loop starts. SIGTERM/SIGINT stop polling; the loop drains, flushes, commits and closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from models.errors import CheckpointError, WeightsError
+from models.pipeline import Detector
+from worker.cache import LruFeatureCache, RedisFeatureCache, ResilientCache
+from worker.consumer import LoopSettings, StartupError, StreamWorker
+from worker.health import HealthServer
+from worker.metrics import Metrics
+from worker.processing import MessageHandler, ProcessingSettings, VideoProcessor
+from worker.settings import WorkerSettings
+from worker.sources import SourcePolicy
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_STARTUP = 2
+
+
+def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
+    """librdkafka consumer settings: manual offset stores, auto-commit of stored offsets."""
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": settings.group_id,
+        "client.id": settings.worker_id,
+        "enable.auto.commit": True,
+        "auto.commit.interval.ms": 1000,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": settings.auto_offset_reset,
+        "max.poll.interval.ms": settings.max_poll_interval_ms,
+        "partition.assignment.strategy": "cooperative-sticky",
+        **settings.kafka,
+    }
+
+
+def producer_config(settings: WorkerSettings) -> dict[str, Any]:
+    """librdkafka producer settings: idempotent, acknowledged by all in-sync replicas."""
+    consumer_only = {"partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms"}
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": settings.worker_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        **{key: value for key, value in settings.kafka.items() if key not in consumer_only},
+    }
+
+
+def source_policy(settings: WorkerSettings) -> SourcePolicy:
+    """Where videos may come from, from the settings."""
+    return SourcePolicy(
+        allowed_roots=tuple(settings.allowed_roots),
+        http_enabled=settings.http_enabled,
+        allow_private_hosts=settings.http_allow_private,
+        max_bytes=settings.http_max_bytes,
+        connect_timeout_s=settings.http_connect_timeout_s,
+        read_timeout_s=settings.http_read_timeout_s,
+        max_redirects=settings.http_max_redirects,
+    )
+
+
+def load_detector(settings: WorkerSettings) -> Detector:
+    """The checkpoint's detector with the worker's decode-limit overrides (`StartupError`)."""
+    path: Path = settings.checkpoint
+    if not path.is_file():
+        raise StartupError(f"checkpoint not found: {path}")
+    try:
+        detector = Detector.load(path, settings.device)
+    except (CheckpointError, WeightsError) as exc:
+        raise StartupError(f"cannot load checkpoint {path}: {exc}") from None
+    detector.decode_limits = settings.decode_limits(detector.spec.decode)
+    return detector
+
+
+def build_cache(settings: WorkerSettings, metrics: Metrics) -> ResilientCache:
+    """Redis when a URL is given, else an in-process LRU; failures bypass and are counted."""
+    backend: RedisFeatureCache | LruFeatureCache
+    if settings.redis_url:
+        backend = RedisFeatureCache(
+            settings.redis_url, ttl_s=settings.cache_ttl_s, timeout_s=settings.cache_timeout_s
+        )
+    else:
+        backend = LruFeatureCache(settings.lru_entries)
+
+    def count_error(_error: Exception) -> None:
+        metrics.cache_errors.inc()
+
+    return ResilientCache(backend, retry_after_s=settings.cache_retry_after_s, on_error=count_error)
+
+
+class WorkerApp:
+    """One worker process; `run()` returns the exit code."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self._settings = settings
+        self._metrics = Metrics()
+        self._health = HealthServer(
+            self._metrics, settings.metrics_host, settings.metrics_port, self.ready
+        )
+        self._stream: StreamWorker | None = None
+        self._phase = "starting"
+        self._stopping = False
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness for `/readyz`: model loaded and the poll loop assigned or connected."""
+        if self._stream is None:
+            return False, self._phase
+        ready, reason = self._stream.ready()
+        self._metrics.ready.set(1 if ready else 0)
+        return ready, reason
+
+    def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, drain and stop."""
+        settings = self._settings
+        self._install_signal_handlers()
+        self._health.start()
+        processor: VideoProcessor | None = None
+        try:
+            self._phase = "loading the model"
+            detector = load_detector(settings)
+            spec = detector.spec
+            self._metrics.set_model(spec.name, spec.version, spec.spec_hash)
+            log.info(
+                "model loaded",
+                extra={"model": spec.name, "version": spec.version, "spec_hash": spec.spec_hash},
+            )
+            processor = VideoProcessor(
+                detector,
+                build_cache(settings, self._metrics),
+                source_policy(settings),
+                self._metrics,
+                ProcessingSettings(
+                    worker_id=settings.worker_id,
+                    max_batch_frames=settings.max_batch_frames,
+                    max_wait_ms=settings.max_wait_ms,
+                    classify_batch=settings.classify_batch,
+                    decode_workers=settings.decode_workers,
+                    decode_threads=settings.decode_threads,
+                    tmp_dir=settings.tmp_dir,
+                ),
+            )
+            handler = MessageHandler(
+                processor,
+                settings.verdicts_topic,
+                settings.dlq_topic,
+                settings.worker_id,
+                self._metrics,
+            )
+            stream = StreamWorker(
+                consumer_config(settings),
+                producer_config(settings),
+                handler,
+                LoopSettings(
+                    topic=settings.requests_topic,
+                    max_inflight=settings.max_inflight,
+                    revoke_timeout_s=settings.revoke_timeout_s,
+                    drain_deadline_s=settings.drain_deadline_s,
+                    lag_interval_s=settings.lag_interval_s,
+                    startup_timeout_s=settings.startup_timeout_s,
+                ),
+                self._metrics,
+            )
+            self._phase = "connecting to the broker"
+            stream.check_broker()
+        except StartupError as exc:
+            log.error("startup failed", extra={"reason": str(exc)})
+            self._health.stop()
+            return EXIT_STARTUP
+        self._stream = stream
+        if self._stopping:
+            stream.stop()
+        log.info("worker started", extra={"worker_id": settings.worker_id})
+        try:
+            stream.run()
+        finally:
+            processor.close(timeout_s=1.0)
+            self._health.stop()
+        return EXIT_OK
+
+    def _install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+            self._stopping = True
+            if self._stream is not None:
+                self._stream.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)

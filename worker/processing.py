@@ -1,0 +1,301 @@
+"""The per-request pipeline of the worker and the per-message handler around it.
+
+`VideoProcessor.process` runs one request: source policy -> content digest -> feature cache ->
+[miss: decode (bounded thread concurrency) -> face crops and backbone embeddings through dynamic
+batchers shared by every in-flight video -> cache store] -> ensemble (batched across videos).
+It never raises: every failure becomes an error verdict with a precise code.
+
+`MessageHandler` turns one Kafka message into the records to produce: a verdict, or for a message
+that breaks the contract its dead-letter copy plus (when a request id is recoverable) an error
+verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.errors import PipelineError
+from models.pipeline import Detector, Prediction, VideoFeatures
+from producer.contracts import (
+    ContractError,
+    ErrorCode,
+    Verdict,
+    VideoRequest,
+    parse_request,
+    utcnow,
+)
+from worker.batcher import DynamicBatcher
+from worker.cache import CacheStatus, ResilientCache, cache_key
+from worker.messages import Inbound, Outbound
+from worker.metrics import Metrics
+from worker.sources import SourceError, SourcePolicy, file_digest, open_source
+from worker.verdicts import dlq_headers, error_verdict, model_info, ok_verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProcessingSettings:
+    """Batching and concurrency of the pipeline."""
+
+    worker_id: str
+    max_batch_frames: int = 256
+    max_wait_ms: float = 10.0
+    classify_batch: int = 32
+    decode_workers: int = 2
+    decode_threads: int = 0
+    tmp_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class _Crop:
+    crop: torch.Tensor  # [3, S, S] uint8
+    has_face: bool
+
+
+class _Attempt:
+    """What one request went through so far: stage durations (seconds) and cache status."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._started = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.cache: CacheStatus | None = None
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record(name, time.perf_counter() - started)
+
+    def record(self, name: str, seconds: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+        self._metrics.stage_seconds.labels(stage=name).observe(seconds)
+
+    def finish(self) -> dict[str, float]:
+        return {**self.timings, "total": time.perf_counter() - self._started}
+
+
+class VideoProcessor:
+    """Runs requests through the detector with cross-video batching; see the module docstring."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        cache: ResilientCache,
+        policy: SourcePolicy,
+        metrics: Metrics,
+        settings: ProcessingSettings,
+    ) -> None:
+        self._detector = detector
+        self._cache = cache
+        self._policy = policy
+        self._metrics = metrics
+        self._settings = settings
+        self._spec_hash = detector.spec.spec_hash
+        self._model = model_info(detector.spec)
+        self._decode_slots = threading.Semaphore(settings.decode_workers)
+        self._crops: DynamicBatcher[np.ndarray, _Crop] = DynamicBatcher(
+            self._crop_batch,
+            settings.max_batch_frames,
+            settings.max_wait_ms,
+            name="crop",
+            on_batch=partial(metrics.observe_batch, "faces"),
+        )
+        self._embeddings: DynamicBatcher[torch.Tensor, torch.Tensor] = DynamicBatcher(
+            self._embed_batch,
+            settings.max_batch_frames,
+            settings.max_wait_ms,
+            name="embed",
+            on_batch=partial(metrics.observe_batch, "embed"),
+        )
+        self._classifier: DynamicBatcher[VideoFeatures, Prediction] = DynamicBatcher(
+            detector.classify,
+            settings.classify_batch,
+            settings.max_wait_ms,
+            name="classify",
+            on_batch=partial(metrics.observe_batch, "classify"),
+        )
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Finish queued batches and stop the batcher threads."""
+        for batcher in (self._crops, self._embeddings, self._classifier):
+            batcher.close(timeout_s)
+
+    def process(self, request: VideoRequest) -> Verdict:
+        """The one terminal verdict of `request` (never raises)."""
+        attempt = _Attempt(self._metrics)
+        try:
+            verdict = self._classify(request, attempt)
+        except (SourceError, PipelineError) as exc:
+            return self._failed(request, ErrorCode(exc.code), exc.message, attempt)
+        except Exception as exc:
+            log.exception("request failed unexpectedly", extra={"request_id": request.request_id})
+            return self._failed(request, ErrorCode.INTERNAL, f"internal error: {exc!r}", attempt)
+        self._metrics.requests.labels(status="ok", code="").inc()
+        return verdict
+
+    def _classify(self, request: VideoRequest, attempt: _Attempt) -> Verdict:
+        fetch_started = time.perf_counter()
+        with open_source(request.video_uri, self._policy, self._settings.tmp_dir) as video:
+            attempt.record("fetch", time.perf_counter() - fetch_started)
+            with attempt.stage("digest"):
+                digest = request.sha256 or file_digest(video.path)
+            key = cache_key(self._spec_hash, digest)
+            with attempt.stage("cache_get"):
+                features, attempt.cache = self._cache.get(key, self._spec_hash)
+            self._count_cache(attempt.cache)
+            if features is None:
+                features = self._extract(video.path, attempt)
+                with attempt.stage("cache_put"):
+                    self._cache.put(key, features, self._spec_hash)
+        with attempt.stage("classify"):
+            [prediction] = self._classifier.submit([features]).result()
+        return ok_verdict(
+            request,
+            prediction,
+            model=self._model,
+            cache=attempt.cache,
+            timings_s=attempt.finish(),
+            worker_id=self._settings.worker_id,
+            completed_at=utcnow(),
+        )
+
+    def _extract(self, path: Path, attempt: _Attempt) -> VideoFeatures:
+        with attempt.stage("decode"), self._decode_slots:
+            decoded = self._detector.decode(path, threads=self._settings.decode_threads)
+        self._metrics.frames_decoded.inc(decoded.frames_decoded)
+        self._metrics.frames_sampled.inc(len(decoded.frames))
+        with attempt.stage("faces"):
+            crops = self._crops.submit(decoded.frames).result()
+        has_face = [crop.has_face for crop in crops]
+        self._metrics.faces_found.inc(sum(has_face))
+        kept = self._detector.keep(has_face)
+        with attempt.stage("embed"):
+            rows = self._embeddings.submit([crops[i].crop for i in kept]).result()
+        return self._detector.assemble(decoded, has_face, torch.stack(rows))
+
+    def _crop_batch(self, frames: list[np.ndarray]) -> list[_Crop]:
+        result = self._detector.crop_faces(frames)
+        return [_Crop(crop, face) for crop, face in zip(result.crops, result.has_face, strict=True)]
+
+    def _embed_batch(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
+        return list(self._detector.embed(torch.stack(crops)))
+
+    def _failed(
+        self, request: VideoRequest, code: ErrorCode, message: str, attempt: _Attempt
+    ) -> Verdict:
+        self._metrics.requests.labels(status="error", code=code.value).inc()
+        log.info(
+            "request failed",
+            extra={"request_id": request.request_id, "code": code.value, "reason": message},
+        )
+        return error_verdict(
+            request.request_id,
+            request.video_uri,
+            code,
+            message,
+            worker_id=self._settings.worker_id,
+            completed_at=utcnow(),
+            model=self._model,
+            threshold=self._detector.spec.threshold,
+            cache=attempt.cache,
+            timings_s=attempt.finish(),
+            metadata=request.metadata,
+        )
+
+    def _count_cache(self, status: CacheStatus) -> None:
+        {
+            "hit": self._metrics.cache_hits,
+            "miss": self._metrics.cache_misses,
+            "bypass": self._metrics.cache_bypass,
+        }[status].inc()
+
+
+class MessageHandler:
+    """One consumed message -> the records to produce (see the module docstring)."""
+
+    def __init__(
+        self,
+        processor: VideoProcessor,
+        verdicts_topic: str,
+        dlq_topic: str,
+        worker_id: str,
+        metrics: Metrics,
+    ) -> None:
+        self._processor = processor
+        self._verdicts_topic = verdicts_topic
+        self._dlq_topic = dlq_topic
+        self._worker_id = worker_id
+        self._metrics = metrics
+
+    def __call__(self, inbound: Inbound) -> list[Outbound]:
+        try:
+            request = parse_request(inbound.value)
+        except ContractError as exc:
+            return self._rejected(inbound, exc)
+        verdict = self._processor.process(request)
+        return [self._verdict_record(verdict)]
+
+    def _rejected(self, inbound: Inbound, error: ContractError) -> list[Outbound]:
+        code = ErrorCode(error.code)
+        self._metrics.dlq_messages.labels(code=code.value).inc()
+        log.warning(
+            "request rejected to the dead-letter topic",
+            extra={
+                "request_id": error.request_id,
+                "code": code.value,
+                "reason": error.message,
+                "partition": inbound.partition,
+                "offset": inbound.offset,
+            },
+        )
+        records = [
+            Outbound(
+                topic=self._dlq_topic,
+                key=inbound.key,
+                value=inbound.value or b"",
+                headers=dlq_headers(inbound, code, error.message),
+            )
+        ]
+        if error.request_id is not None:
+            self._metrics.requests.labels(status="error", code=code.value).inc()
+            verdict = error_verdict(
+                error.request_id,
+                _recover_uri(inbound.value),
+                code,
+                error.message,
+                worker_id=self._worker_id,
+                completed_at=utcnow(),
+            )
+            records.append(self._verdict_record(verdict))
+        return records
+
+    def _verdict_record(self, verdict: Verdict) -> Outbound:
+        return Outbound(
+            topic=self._verdicts_topic, key=verdict.request_id.encode(), value=verdict.to_bytes()
+        )
+
+
+def _recover_uri(raw: bytes | None) -> str:
+    """The request's `video_uri` when the message is a JSON object holding a string one."""
+    try:
+        document: Any = json.loads(raw or b"")
+    except ValueError:
+        return ""
+    uri = document.get("video_uri") if isinstance(document, dict) else None
+    return uri if isinstance(uri, str) else ""
