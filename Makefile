@@ -33,4 +33,4 @@ stack-down: venv
 	$(VENV_PYTHON) -m deploy.local down
 
 demo: venv
-	$(VENV_PYTHON) -m worker.demo
+	$(VENV_PYTHON) -m deploy.demo

@@ -1,0 +1,39 @@
+"""`python -m deploy.healthcheck`: the container HEALTHCHECK; exit 0 when `/healthz` answers 200.
+
+The port is `DFD_METRICS_PORT` when set, else the worker's own `metrics_port` default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+
+from deploy.settings_doc import env_name
+from worker.settings import WorkerSettings
+
+TIMEOUT_S = 3.0
+
+
+def healthz_url() -> str:
+    """The worker's `/healthz` on loopback."""
+    port = (
+        os.environ.get(env_name("metrics_port"))
+        or WorkerSettings.model_fields["metrics_port"].default
+    )
+    return f"http://127.0.0.1:{port}/healthz"
+
+
+def main() -> int:
+    url = healthz_url()
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"unhealthy: {url}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
