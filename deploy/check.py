@@ -46,7 +46,6 @@ KUBERNETES_VERSION = kubernetes_validate.latest_version()
 # Series the alerts and dashboards read that the worker does not export itself.
 EXTERNAL_METRICS = {
     "up": "Prometheus' scrape health of each target",
-    "DCGM_FI_DEV_FB_USED": "NVIDIA DCGM exporter: GPU framebuffer memory used (MiB)",
 }
 # Grafana's interval variables are not PromQL; give the parser a duration in their place.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import torch
+
 from models.errors import CheckpointError, WeightsError
 from models.pipeline import Detector
 from worker.cache import LruFeatureCache, RedisFeatureCache, ResilientCache
@@ -112,14 +114,13 @@ class WorkerApp:
         self._stream: StreamWorker | None = None
         self._phase = "starting"
         self._stopping = False
+        self._metrics.ready.set_function(lambda: float(self.ready()[0]))
 
     def ready(self) -> tuple[bool, str]:
         """Readiness for `/readyz`: model loaded and the poll loop assigned or connected."""
         if self._stream is None:
             return False, self._phase
-        ready, reason = self._stream.ready()
-        self._metrics.ready.set(1 if ready else 0)
-        return ready, reason
+        return self._stream.ready()
 
     def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, drain and stop."""
@@ -132,6 +133,11 @@ class WorkerApp:
             detector = load_detector(settings)
             spec = detector.spec
             self._metrics.set_model(spec.name, spec.version, spec.spec_hash)
+            if detector.device.type == "cuda":
+                device = detector.device
+                self._metrics.gpu_memory_bytes.set_function(
+                    lambda: float(torch.cuda.memory_allocated(device))
+                )
             log.info(
                 "model loaded",
                 extra={"model": spec.name, "version": spec.version, "spec_hash": spec.spec_hash},

@@ -115,6 +115,11 @@ class Metrics:
             "dfd_assigned_partitions", "Partitions assigned to this worker", registry=registry
         )
         self.ready = Gauge("dfd_ready", "1 while the worker is ready", registry=registry)
+        self.gpu_memory_bytes = Gauge(
+            "dfd_gpu_memory_bytes",
+            "Accelerator memory held by the worker's tensors (0 on CPU)",
+            registry=registry,
+        )
         self.model_info = Gauge(
             "dfd_model_info",
             "The loaded model (value is always 1)",

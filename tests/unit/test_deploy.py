@@ -272,7 +272,7 @@ def test_metric_names_come_from_alerts_and_every_dashboard_panel() -> None:
     used = check.used_metrics()
     assert "dfd_request_seconds_bucket" in used["alert DfdLatencyP95High"]
     dashboard = used["dashboard dfd-worker.json"]
-    assert {"dfd_consumer_lag", "dfd_stage_seconds_bucket", "DCGM_FI_DEV_FB_USED"} <= dashboard
+    assert {"dfd_consumer_lag", "dfd_stage_seconds_bucket", "dfd_gpu_memory_bytes"} <= dashboard
     missing = check.unknown_metrics({"up"})
     assert "dfd_ready" in missing["alert DfdWorkerNotReady"]
     assert "alert DfdWorkerDown" not in missing

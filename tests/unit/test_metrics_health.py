@@ -36,6 +36,7 @@ EXPECTED_FAMILIES = {
     "dfd_consumer_lag": "gauge",
     "dfd_assigned_partitions": "gauge",
     "dfd_ready": "gauge",
+    "dfd_gpu_memory_bytes": "gauge",
     "dfd_model_info": "gauge",
 }
 
