@@ -191,14 +191,3 @@ class Detector:
         """The whole pipeline on one video (the same stages the worker runs)."""
         return self.classify([self.extract(source, threads=threads)])[0]
 
-
-def build_detector(
-    spec: PipelineSpec,
-    backbone: nn.Module,
-    ensemble: Ensemble,
-    device: torch.device | str = "cpu",
-    *,
-    decode_limits: DecodeLimits | None = None,
-) -> Detector:
-    """A detector from in-memory modules (training, before export), identical to a loaded one."""
-    return Detector(spec, backbone, ensemble, device, decode_limits=decode_limits)

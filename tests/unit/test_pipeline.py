@@ -14,7 +14,7 @@ from models.backbones import build_backbone
 from models.checkpoint import load_checkpoint
 from models.ensemble import Ensemble
 from models.errors import NoFace, NotAVideo, TooLarge
-from models.pipeline import Detector, Prediction, VideoFeatures, build_detector
+from models.pipeline import Detector, Prediction, VideoFeatures
 from models.spec import DecodeLimits
 from tests.checkpoints import make_checkpoint, tiny_spec
 from tests.videos import make_video
@@ -126,11 +126,11 @@ def test_in_memory_detector_matches_the_loaded_one(
     for name, state in loaded.member_states.items():
         ensemble.member(name).load_state_dict(state)
     backbone = build_backbone(spec.backbone, state_dict=loaded.backbone_state)
-    in_memory = build_detector(spec, backbone, ensemble)
+    in_memory = Detector(spec, backbone, ensemble)
     assert in_memory.predict_file(files["noise_a"]) == detector.predict_file(files["noise_a"])
     hotter = Ensemble(spec.ensemble, spec.feature_dim, temperature=2.0)
     with pytest.raises(ValueError, match="temperature"):
-        build_detector(spec, backbone, hotter)
+        Detector(spec, backbone, hotter)
 
 
 def test_assemble_checks_its_inputs(detector: Detector, files: dict[str, Path]) -> None:
