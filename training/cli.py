@@ -29,6 +29,12 @@ COMMANDS: dict[str, Command] = {
     "index": Command("training.commands.index", "build a grouped train/val/test manifest"),
     "extract": Command("training.extract", "frames -> face crops -> backbone features"),
     "train": Command("training.train", "train the ensemble members on a feature store"),
+    "evaluate": Command(
+        "training.evaluate", "calibrate on VAL, report members and ensemble on TEST"
+    ),
+    "export": Command("training.export", "write the evaluated ensemble as one checkpoint"),
+    "explain": Command("training.explain", "attention heatmap strip of one video's face crops"),
+    "demo": Command("training.demo", "synth + index + extract + train + evaluate + export"),
 }
 
 

@@ -1,0 +1,316 @@
+"""`extract`: videos -> sampled frames -> face crops -> backbone features, into a feature store.
+
+The stages are the inference pipeline's own (`models.video.decode_frames`, `models.faces`,
+`models.pipeline.kept_frames`, `models.backbones.FrameEmbedder`), so the VAL and TEST features
+(made with the inference sampling) are exactly what an exported checkpoint computes on those files.
+TRAIN videos are sampled per label (the research setup: every 60th frame of fakes, every 30th of
+reals) or uniformly, and get `--views` extra augmented views (see `training.augment`).
+
+Resume: videos already in the store (or recorded as failed) are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from rich.progress import track
+from torch import nn
+
+from models.backbones import FrameEmbedder, build_backbone, weights_digest
+from models.errors import PipelineError
+from models.faces import FaceCropper
+from models.pipeline import kept_frames
+from models.spec import (
+    BackboneSpec,
+    DecodeLimits,
+    PipelineSpec,
+    SamplingSpec,
+)
+from models.video import DecodedVideo, decode_frames
+from training.augment import AugmentSpec, augment_view, stable_seed
+from training.features import MANIFEST_FILE, FeatureStore, SpecMismatch, StoreSpec, ViewFeatures
+from training.manifest import ManifestRow, read_manifest
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class FeatureExtractor:
+    """Face crops and backbone features of decoded videos, for one `StoreSpec`."""
+
+    def __init__(self, spec: StoreSpec, backbone: nn.Module, device: str = "cpu") -> None:
+        self.spec = spec
+        self.cropper = FaceCropper(spec.face, spec.backbone.input_size, device)
+        self.embedder = FrameEmbedder(spec.backbone, backbone, device)
+
+    def views(self, video: DecodedVideo, key: str, augmented: int) -> list[ViewFeatures]:
+        """The clean view 0 (as the inference pipeline computes it) and `augmented` more."""
+        faces = self.cropper.crop(video.frames)
+        kept = kept_frames(faces.has_face, self.spec.face.no_face)
+        crops = faces.crops[kept]
+        stamps = [video.timestamps_s[i] for i in kept]
+        has_face = [faces.has_face[i] for i in kept]
+        views = [ViewFeatures(0, self.embedder.embed(crops), stamps, has_face)]
+        for view in range(1, augmented + 1):
+            seed = stable_seed(self.spec.seed, key, view)
+            result = augment_view(crops, self.spec.augment, seed)
+            views.append(
+                ViewFeatures(
+                    view,
+                    self.embedder.embed(result.crops),
+                    [stamps[p] for p in result.positions],
+                    [has_face[p] for p in result.positions],
+                )
+            )
+        return views
+
+
+def calibrate_batchnorm(module: nn.Module, spec: BackboneSpec, crops: torch.Tensor) -> None:
+    """Re-estimate every BatchNorm's statistics on `crops` (cumulative average over batches).
+
+    A random-init backbone (`weights none`) keeps BatchNorm's initial statistics (mean 0, var 1),
+    so its features vanish or explode with depth; statistics of real crops give features of
+    order one, which the sequence classifiers can learn from.
+    """
+    embedder = FrameEmbedder(spec, module)  # sets eval mode: switch the norms back after it
+    for norm in module.modules():
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+            norm.reset_running_stats()
+            norm.momentum = None
+            norm.train()
+    embedder.embed(crops)
+    module.eval()
+
+
+def prepare_backbone(
+    spec: StoreSpec,
+    store_root: Path,
+    calibration_rows: Sequence[ManifestRow],
+    limits: DecodeLimits,
+) -> tuple[StoreSpec, nn.Module]:
+    """The backbone of a store: loaded from an existing store made with `spec`, or built (and for
+    `weights none`, BatchNorm-calibrated on `calibration_rows`); returns the completed spec."""
+    if (store_root / MANIFEST_FILE).is_file():
+        store = FeatureStore.open(store_root)
+        if _without_digest(store.spec) != _without_digest(spec):
+            raise SpecMismatch(f"{store_root} holds features of another spec; use another --out")
+        return store.spec, build_backbone(store.spec.backbone, state_dict=store.backbone_state())
+    module = build_backbone(spec.backbone, seed=spec.seed)
+    if spec.backbone.weights == "none" and calibration_rows:
+        cropper = FaceCropper(spec.face, spec.backbone.input_size)
+        crops = []
+        for row in calibration_rows:
+            video = decode_frames(row.path, spec.sampling_for(row.split, row.label), limits)
+            faces = cropper.crop(video.frames)
+            crops.append(faces.crops[kept_frames(faces.has_face, "full_frame")])
+        calibrate_batchnorm(module, spec.backbone, torch.cat(crops))
+    digest = weights_digest(module)
+    backbone = spec.backbone.model_copy(update={"weights_sha256": digest})
+    return spec.model_copy(update={"backbone": backbone}), module
+
+
+def _without_digest(spec: StoreSpec) -> StoreSpec:
+    return spec.model_copy(
+        update={"backbone": spec.backbone.model_copy(update={"weights_sha256": None})}
+    )
+
+
+def open_store(
+    spec: StoreSpec,
+    root: Path,
+    rows: Sequence[ManifestRow],
+    *,
+    calibration_videos: int = 32,
+    limits: DecodeLimits | None = None,
+    shard_videos: int = 64,
+) -> tuple[FeatureStore, nn.Module]:
+    """Create or resume the store at `root` and return it with its backbone (weights saved)."""
+    train = [row for row in rows if row.split == "train"][:calibration_videos]
+    spec, module = prepare_backbone(spec, root, train, limits or DecodeLimits())
+    store = FeatureStore.create_or_resume(root, spec, shard_videos=shard_videos)
+    if not store.has_backbone():
+        store.save_backbone(module)
+    return store, module
+
+
+def extract(
+    rows: Sequence[ManifestRow],
+    store: FeatureStore,
+    backbone: nn.Module,
+    *,
+    manifest_dir: Path,
+    limits: DecodeLimits | None = None,
+    device: str = "cpu",
+    decode_threads: int = 0,
+    prefetch: int = 4,
+) -> dict[str, int]:
+    """Extract every row not yet in `store`; returns counts of done, skipped and failed videos."""
+    spec = store.spec
+    limits = limits or DecodeLimits()
+    extractor = FeatureExtractor(spec, backbone, device)
+    todo = [row for row in rows if not store.contains(row.path)]
+    counts = {"extracted": 0, "skipped": len(rows) - len(todo), "failed": 0}
+
+    def decode(row: ManifestRow) -> DecodedVideo | PipelineError:
+        try:
+            sampling = spec.sampling_for(row.split, row.label)
+            return decode_frames(row.path, sampling, limits, threads=decode_threads)
+        except PipelineError as error:
+            return error
+
+    decoded = prefetched(decode, todo, prefetch)
+    for row, video in track(
+        zip(todo, decoded, strict=True), total=len(todo), description="extract"
+    ):
+        try:
+            if isinstance(video, PipelineError):
+                raise video
+            augmented = spec.views if row.split == "train" else 0
+            key = os.path.relpath(row.path, manifest_dir)
+            views = extractor.views(video, key, augmented)
+        except PipelineError as error:
+            logger.warning("%s: %s %s", row.path, error.code, error.message)
+            store.add_failure(row.path, f"{error.code}: {error.message}")
+            counts["failed"] += 1
+            continue
+        store.add_video(row.path, row.label, row.group, row.split, views)
+        counts["extracted"] += 1
+    store.flush()
+    return counts
+
+
+def prefetched(function: Callable[[T], R], items: list[T], depth: int) -> Iterator[R]:
+    """`map(function, items)` computed up to `depth` items ahead in a thread pool, in order."""
+    with ThreadPoolExecutor(max_workers=max(1, min(depth, 2))) as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def store_spec_from_args(args: argparse.Namespace) -> StoreSpec:
+    """The store spec of parsed `extract` arguments (backbone digest not yet filled in)."""
+    base = (
+        PipelineSpec.model_validate_json(args.spec_json.read_text(encoding="utf-8"))
+        if args.spec_json
+        else PipelineSpec()
+    )
+    inference = base.sampling
+    if args.inference_frames is not None:
+        frames = args.inference_frames
+        inference = SamplingSpec(
+            mode="uniform", num_frames=frames, max_frames=max(frames, inference.max_frames)
+        )
+    face = _updated(base.face, detector=args.detector, no_face=args.no_face)
+    backbone = _updated(
+        base.backbone,
+        arch=args.arch,
+        weights=args.weights,
+        dtype=args.dtype,
+        input_size=args.input_size,
+    )
+    max_frames = inference.max_frames
+    if args.sampling == "uniform":
+        frames = args.frames or inference.num_frames
+        uniform = SamplingSpec(
+            mode="uniform", num_frames=frames, max_frames=max(frames, max_frames)
+        )
+        train = {"real": uniform, "fake": uniform}
+    else:
+        train = {
+            "real": SamplingSpec(
+                mode="every_nth", every_nth=args.real_every, max_frames=max_frames
+            ),
+            "fake": SamplingSpec(
+                mode="every_nth", every_nth=args.fake_every, max_frames=max_frames
+            ),
+        }
+    return StoreSpec(
+        inference_sampling=inference,
+        train_sampling=train,
+        face=face,
+        backbone=backbone,
+        augment=AugmentSpec(),
+        views=args.views,
+        seed=args.seed,
+    )
+
+
+def _updated(model: Any, **changes: Any) -> Any:
+    """A copy of a pydantic model with the non-None `changes` applied (validated)."""
+    values = model.model_dump() | {k: v for k, v in changes.items() if v is not None}
+    return type(model).model_validate(values)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `extract`."""
+    parser = subparsers.add_parser(
+        "extract", help="frames -> face crops -> backbone features into a feature store"
+    )
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="feature store directory")
+    parser.add_argument(
+        "--spec-json", type=Path, help="PipelineSpec JSON: inference sampling, face, backbone"
+    )
+    parser.add_argument("--arch", choices=["resnet50", "mobilenet_v3_large", "efficientnet_b0"])
+    parser.add_argument("--weights", help="imagenet | none | file:PATH")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--input-size", type=int)
+    parser.add_argument("--detector", choices=["mtcnn", "none"])
+    parser.add_argument("--no-face", choices=["drop", "full_frame"])
+    parser.add_argument(
+        "--inference-frames", type=int, help="uniform frames of VAL/TEST (and the checkpoint)"
+    )
+    parser.add_argument(
+        "--sampling",
+        choices=["every_nth", "uniform"],
+        default="every_nth",
+        help="TRAIN sampling: per label every n-th frame (research setup) or uniform",
+    )
+    parser.add_argument("--fake-every", type=int, default=60)
+    parser.add_argument("--real-every", type=int, default=30)
+    parser.add_argument("--frames", type=int, help="uniform TRAIN frames (default: inference's)")
+    parser.add_argument("--views", type=int, default=0, help="augmented views per TRAIN video")
+    parser.add_argument("--seed", type=int, default=0, help="backbone init and augmentation seed")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--calibration-videos",
+        type=int,
+        default=32,
+        help="weights none: TRAIN videos whose crops set the BatchNorm statistics (0: none)",
+    )
+    parser.add_argument("--shard-videos", type=int, default=64, help="videos per shard")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `extract` and print a JSON summary line."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = read_manifest(args.manifest)
+    store, module = open_store(
+        store_spec_from_args(args),
+        args.out,
+        rows,
+        calibration_videos=args.calibration_videos,
+        shard_videos=args.shard_videos,
+    )
+    counts = extract(rows, store, module, manifest_dir=args.manifest.parent, device=args.device)
+    summary = {"command": "extract", "store": str(args.out), "spec_hash": store.spec_hash, **counts}
+    print(json.dumps(summary))
+    return 0
