@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from deploy import check
 from models.errors import PipelineError
 from models.pipeline import Detector
 from producer.contracts import ErrorCode, VideoRequest
@@ -216,3 +217,9 @@ def test_metrics_and_probes(served: Served) -> None:
         )
         == 1
     )
+
+
+def test_alerts_and_dashboards_read_only_what_a_live_worker_exports(served: Served) -> None:
+    status, exposition = served.worker.get("/metrics")
+    assert status == 200
+    assert check.unknown_metrics(check.exposed_names(exposition)) == {}

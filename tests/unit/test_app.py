@@ -1,0 +1,29 @@
+"""Readiness before the model is loaded: `/readyz` and `dfd_ready` say not ready."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.app import WorkerApp
+from worker.settings import WorkerSettings
+
+
+def test_not_ready_before_the_model_loads(tmp_path: Path) -> None:
+    app = WorkerApp(WorkerSettings(checkpoint=tmp_path / "model.ckpt", metrics_port=0))
+    assert app.ready() == (False, "starting")
+    exposition = app._metrics.render().decode()
+    [ready] = [f for f in text_string_to_metric_families(exposition) if f.name == "dfd_ready"]
+    assert [sample.value for sample in ready.samples] == [0.0]
+    port = app._health.start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert answer.value.code == 503
+        assert b"starting" in answer.value.read()
+    finally:
+        app._health.stop()
