@@ -1,0 +1,71 @@
+"""`python -m benchmarks NAME [--size smoke|full] [--json OUT]`: measured comparisons.
+
+Each benchmark prints a table and writes its report as JSON; the exit status is 1 when a
+correctness check of a benchmark fails (the drills' zero-lost rule), 2 for usage errors.
+Kafka and Redis come from `--kafka`/`--redis` (or DFD_BENCH_KAFKA_BOOTSTRAP/DFD_BENCH_REDIS_URL);
+without them a private local stack is started (the drills always start their own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.context import Context
+from benchmarks.report import Report, render
+
+BENCHMARKS: dict[str, str] = {
+    "pipeline": "benchmarks.pipeline",
+    "cache": "benchmarks.cache",
+    "scaling": "benchmarks.scaling",
+    "long-video": "benchmarks.long_video",
+    "drills": "benchmarks.drills",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("name", choices=[*BENCHMARKS, "all"], help="benchmark to run")
+    parser.add_argument("--size", choices=("smoke", "full"), default="smoke")
+    parser.add_argument("--json", type=Path, help="write the report(s) here as JSON")
+    parser.add_argument("--workdir", type=Path, help="keep videos, checkpoints, logs here")
+    parser.add_argument("--kafka", default=os.environ.get("DFD_BENCH_KAFKA_BOOTSTRAP"))
+    parser.add_argument("--redis", default=os.environ.get("DFD_BENCH_REDIS_URL"))
+    parser.add_argument("--log-level", default="WARNING")
+    return parser
+
+
+def run_benchmark(name: str, context: Context) -> Report:
+    """Run one benchmark by name."""
+    module = importlib.import_module(BENCHMARKS[name])
+    workdir = context.workdir / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    return module.run(
+        Context(context.size, context.root, workdir, context.kafka, context.redis_url)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    with tempfile.TemporaryDirectory(prefix="dfd-bench-") as temporary:
+        root = (args.workdir or Path(temporary)).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        context = Context(args.size, root, root, args.kafka, args.redis)
+        reports = []
+        for name in names:
+            report = run_benchmark(name, context)
+            print(render(report), flush=True)
+            reports.append(report.to_dict())
+    if args.json:
+        document = reports[0] if len(reports) == 1 else {"reports": reports}
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 1 if any(report["failures"] for report in reports) else 0

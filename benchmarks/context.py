@@ -1,0 +1,56 @@
+"""What every benchmark gets: its size, a work directory, the services and the machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from benchmarks.assets import representative_spec, smoke_spec, write_checkpoint
+from benchmarks.machine import cpu_bf16_supported, machine_info
+from benchmarks.report import Report
+from benchmarks.workers import REPO
+from models.spec import ComputeDtype
+
+Size = Literal["smoke", "full"]
+
+
+class ProbeFailed(RuntimeError):
+    """A child measuring process failed."""
+
+
+@dataclass
+class Context:
+    size: Size
+    root: Path  # shared by the benchmarks of one command (checkpoints)
+    workdir: Path  # this benchmark's own
+    kafka: str | None = None
+    redis_url: str | None = None
+
+    @property
+    def dtype(self) -> ComputeDtype:
+        """The worker spec's compute dtype: bfloat16 where this CPU runs it natively."""
+        return "bfloat16" if cpu_bf16_supported() else "float32"
+
+    def checkpoint(self) -> Path:
+        """The benchmark checkpoint of this size (representative for `full`), made once."""
+        path = self.root / f"bench-{self.size}-{self.dtype}.safetensors"
+        if not path.is_file():
+            spec = representative_spec if self.size == "full" else smoke_spec
+            write_checkpoint(path, spec(self.dtype))
+        return path
+
+    def report(self, name: str, **config: Any) -> Report:
+        return Report(name=name, size=self.size, machine=machine_info(), config=config)
+
+
+def run_probe(*args: str | Path) -> dict[str, Any]:
+    """Run `python -m benchmarks.probe ARGS` and return its JSON line."""
+    command = [sys.executable, "-m", "benchmarks.probe", *map(str, args)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ProbeFailed(f"{' '.join(command[3:5])} failed ({done.returncode}):\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

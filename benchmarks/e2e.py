@@ -1,0 +1,135 @@
+"""Workers over Kafka for the end-to-end benchmarks: a fleet, bursts of requests, their figures."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.measure import latency_summary, throughput
+from benchmarks.services import Services, Topics, private_topics
+from benchmarks.traffic import Arrival, Submitter, VerdictCollector
+from benchmarks.workers import WorkerProcess, wait_assigned, worker_env
+from producer.contracts import VideoRequest
+
+VERDICT_TIMEOUT_S = 1800.0
+
+
+@dataclass
+class Fleet:
+    workers: list[WorkerProcess]
+    topics: Topics
+    partitions: int
+    submitter: Submitter
+    collector: VerdictCollector
+
+    def burst(self, requests: Sequence[VideoRequest]) -> dict[str, Arrival]:
+        """Submit all `requests` at once and wait for their first verdicts."""
+        ids = self.submitter.submit(requests, self.partitions)
+        return self.collector.wait_for(ids, VERDICT_TIMEOUT_S)
+
+    def one_by_one(self, requests: Sequence[VideoRequest]) -> dict[str, Arrival]:
+        """Submit each request only after the previous verdict arrived (latency without queue)."""
+        arrivals: dict[str, Arrival] = {}
+        for request in requests:
+            arrivals |= self.burst([request])
+        return arrivals
+
+    def peak_rss_mib(self) -> float | None:
+        peaks = [w.peak_rss_mib() for w in self.workers]
+        return None if None in peaks else sum(p for p in peaks if p is not None)
+
+
+@contextmanager
+def fleet(
+    services: Services,
+    checkpoint: Path,
+    roots: Sequence[Path],
+    log_dir: Path,
+    *,
+    workers: int = 1,
+    partitions: int = 4,
+    torch_threads: int | None = None,
+    use_redis: bool = True,
+    **settings: str,
+) -> Iterator[Fleet]:
+    """`workers` ready worker processes sharing fresh topics, all partitions assigned."""
+    group = f"bench-{uuid.uuid4().hex[:10]}"
+    redis_url = services.redis_url if use_redis else None
+    with private_topics(services.kafka_bootstrap, partitions) as topics:
+        env = worker_env(
+            services.kafka_bootstrap, topics, group, checkpoint, roots, redis_url, **settings
+        )
+        started = [
+            WorkerProcess(f"{group}-w{index}", log_dir, env, torch_threads=torch_threads)
+            for index in range(workers)
+        ]
+        collector: VerdictCollector | None = None
+        submitter: Submitter | None = None
+        try:
+            for worker in started:
+                worker.wait_ready()
+            wait_assigned(started, partitions)
+            collector = VerdictCollector(services.kafka_bootstrap, topics.verdicts)
+            submitter = Submitter(services.kafka_bootstrap, topics.requests)
+            yield Fleet(started, topics, partitions, submitter, collector)
+        finally:
+            for worker in started:
+                worker.stop()
+            if submitter is not None:
+                submitter.close()
+            if collector is not None:
+                collector.close()
+
+
+def burst_figures(submitter: Submitter, arrivals: dict[str, Arrival]) -> dict[str, Any]:
+    """Throughput over the burst (first send to last verdict), end-to-end latency (queueing
+    included), the workers' own service time, mean per-stage times and cache statuses."""
+    verdicts = [arrival.verdict for arrival in arrivals.values()]
+    sent = [submitter.sent_at[request_id] for request_id in arrivals]
+    received = [arrival.received_at for arrival in arrivals.values()]
+    start, end = min(sent), max(received)
+    frames = sum(v.frames.sampled for v in verdicts if v.frames is not None)
+    stages: dict[str, list[float]] = {}
+    for verdict in verdicts:
+        for stage, ms in verdict.timings_ms.items():
+            stages.setdefault(stage, []).append(ms)
+    errors = Counter(v.error.code.value for v in verdicts if v.error is not None)
+    return {
+        **throughput(len(verdicts), frames, end - start),
+        "latency": latency_summary(
+            [arrivals[r].received_at - submitter.sent_at[r] for r in arrivals]
+        ),
+        "service": {
+            f"service_{key}": value
+            for key, value in latency_summary(
+                [v.timings_ms.get("total", 0.0) / 1000 for v in verdicts]
+            ).items()
+        },
+        "stage_mean_ms": {k: round(float(np.mean(v)), 1) for k, v in sorted(stages.items())},
+        "kafka_path_mean_ms": _kafka_path(submitter, arrivals),
+        "cache": dict(Counter(v.cache or "none" for v in verdicts)),
+        "errors": dict(errors),
+    }
+
+
+def _kafka_path(submitter: Submitter, arrivals: dict[str, Arrival]) -> dict[str, float]:
+    """Where end-to-end time goes outside the worker's own stages (same-host clocks): from send
+    to the start of processing (produce, broker, the worker's fetch and queue) and from the
+    verdict's completion to its arrival here (produce, broker, this reader's fetch)."""
+    to_start, to_reader = [], []
+    for request_id, arrival in arrivals.items():
+        completed = arrival.verdict.completed_at.timestamp()
+        started = completed - arrival.verdict.timings_ms.get("total", 0.0) / 1000
+        to_start.append(started - submitter.sent_wall[request_id])
+        to_reader.append(arrival.received_wall - completed)
+    return {
+        "send_to_start_ms": round(float(np.mean(to_start)) * 1000, 1),
+        "verdict_to_reader_ms": round(float(np.mean(to_reader)) * 1000, 1),
+    }

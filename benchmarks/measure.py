@@ -1,0 +1,83 @@
+"""Small measuring helpers: latency percentiles, throughput and peak resident memory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/mean/max of latencies, in milliseconds."""
+    if not seconds:
+        return {}
+    values = np.asarray(seconds, dtype=np.float64) * 1000.0
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {
+        "p50_ms": round(float(p50), 1),
+        "p95_ms": round(float(p95), 1),
+        "p99_ms": round(float(p99), 1),
+        "mean_ms": round(float(values.mean()), 1),
+        "max_ms": round(float(values.max()), 1),
+    }
+
+
+def throughput(videos: int, frames: int, elapsed_s: float) -> dict[str, float]:
+    """Videos/s and frames/s over one timed span."""
+    return {
+        "videos": videos,
+        "frames": frames,
+        "elapsed_s": round(elapsed_s, 3),
+        "videos_per_s": round(videos / elapsed_s, 4) if elapsed_s > 0 else 0.0,
+        "frames_per_s": round(frames / elapsed_s, 3) if elapsed_s > 0 else 0.0,
+    }
+
+
+def status_kib(field: str, pid: int | str = "self") -> int | None:
+    """A `kB` field of /proc/<pid>/status (VmHWM: peak RSS, VmRSS: current RSS), in KiB."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return None
+
+
+def peak_rss_mib(pid: int | str = "self") -> float | None:
+    """Peak resident set size of a live process (VmHWM), in MiB."""
+    kib = status_kib("VmHWM", pid)
+    return None if kib is None else round(kib / 1024, 1)
+
+
+def rss_mib(pid: int | str = "self") -> float | None:
+    """Current resident set size of a live process (VmRSS), in MiB."""
+    kib = status_kib("VmRSS", pid)
+    return None if kib is None else round(kib / 1024, 1)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False when not possible."""
+    try:
+        Path(f"/proc/{os.getpid()}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def target(
+    name: str, value: float | None, goal: float, *, higher_is_better: bool = True
+) -> dict[str, Any]:
+    """One target of the brief: the measured value, the goal and whether it is met."""
+    met = None if value is None else (value >= goal if higher_is_better else value <= goal)
+    return {"target": name, "value": value, "goal": goal, "met": met}

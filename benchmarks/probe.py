@@ -1,0 +1,227 @@
+"""Child processes of the benchmarks, so each arm's peak RSS and thread count are its own.
+
+    python -m benchmarks.probe research --checkpoint C --threads T --scratch DIR --warmup V VIDEO...
+    python -m benchmarks.probe bare --checkpoint C --threads T [--dtype D] [--pooled N] \
+        --warmup V VIDEO...
+    python -m benchmarks.probe predict --checkpoint C --threads T VIDEO
+
+Each prints one JSON line: per-video latencies (s), frames, elapsed time and RSS figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+from benchmarks.assets import EVERY_NTH
+from benchmarks.measure import peak_rss_mib, rss_mib
+from models.backbones import build_backbone
+from models.checkpoint import load_checkpoint
+from models.ensemble import Ensemble
+from models.pipeline import Detector, VideoFeatures
+from models.spec import ComputeDtype
+from models.video import DecodedVideo
+
+
+def load_detector(checkpoint: Path, dtype: ComputeDtype | None = None) -> Detector:
+    """The checkpoint's detector, its backbone computing in `dtype` when given."""
+    if dtype is None:
+        return Detector.load(checkpoint)
+    loaded = load_checkpoint(checkpoint)
+    spec = loaded.spec.model_copy(
+        update={"backbone": loaded.spec.backbone.model_copy(update={"dtype": dtype})}
+    )
+    backbone = build_backbone(spec.backbone, state_dict=loaded.backbone_state)
+    ensemble = Ensemble(spec.ensemble, spec.feature_dim, temperature=spec.temperature)
+    for name, state in loaded.member_states.items():
+        ensemble.member(name).load_state_dict(state)
+    return Detector(spec, backbone, ensemble)
+
+
+def extract_jpegs(video: Path, out: Path, threads: int) -> list[Path]:
+    """The research notebooks' first step: ffmpeg writes every 30th frame as a JPEG file."""
+    out.mkdir(parents=True)
+    subprocess.run(
+        [
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+            "-threads", str(threads),
+            "-i", str(video),
+            "-vf", f"select=not(mod(n\\,{EVERY_NTH}))",
+            "-fps_mode", "vfr",
+            "-q:v", "2",
+            str(out / "%05d.jpg"),
+        ],
+        check=True,
+    )  # fmt: skip
+    return sorted(out.glob("*.jpg"))
+
+
+def research_video(detector: Detector, video: Path, scratch: Path, threads: int) -> int:
+    """ffmpeg -> JPEG files -> PIL -> face crops -> one backbone forward -> ensemble."""
+    frames = [
+        np.asarray(Image.open(path).convert("RGB"))
+        for path in extract_jpegs(video, scratch, threads)
+    ]
+    with av.open(str(video)) as container:
+        fps = float(container.streams.video[0].average_rate or 1)
+    faces = detector.crop_faces(frames)
+    kept = detector.keep(faces.has_face)
+    features = VideoFeatures(
+        features=detector.embed(faces.crops[kept]),
+        timestamps_s=[index * EVERY_NTH / fps for index in kept],
+        sampled=len(frames),
+        with_face=sum(faces.has_face),
+    )
+    detector.classify([features])
+    return len(frames)
+
+
+def bare_video(detector: Detector, frames: Sequence[np.ndarray], timestamps_s: list[float]) -> int:
+    """Face detector, backbone and heads on frames already in memory."""
+    faces = detector.crop_faces(frames)
+    kept = detector.keep(faces.has_face)
+    features = VideoFeatures(
+        features=detector.embed(faces.crops[kept]),
+        timestamps_s=[timestamps_s[index] for index in kept],
+        sampled=len(frames),
+        with_face=sum(faces.has_face),
+    )
+    detector.classify([features])
+    return len(frames)
+
+
+def bare_pooled(
+    detector: Detector, videos: Sequence[DecodedVideo], max_batch_frames: int
+) -> list[tuple[int, float]]:
+    """Frames of several videos pooled into batches of at most `max_batch_frames`, as the
+    worker batches them; (frames, seconds until its batch finished) per video."""
+    done: list[tuple[int, float]] = []
+    started = time.perf_counter()
+    group: list[DecodedVideo] = []
+    for index, video in enumerate(videos):
+        group.append(video)
+        following = len(videos[index + 1].frames) if index + 1 < len(videos) else None
+        pooled = sum(len(v.frames) for v in group)
+        if following is not None and pooled + following <= max_batch_frames:
+            continue
+        faces = detector.crop_faces([frame for v in group for frame in v.frames])
+        features, offset = [], 0
+        kept_crops, spans = [], []
+        for v in group:
+            flags = faces.has_face[offset : offset + len(v.frames)]
+            kept = detector.keep(flags)
+            spans.append((v, flags, kept))
+            kept_crops.append(faces.crops[offset : offset + len(v.frames)][kept])
+            offset += len(v.frames)
+        embedded = detector.embed(torch.cat(kept_crops)).split([len(k) for _, _, k in spans])
+        for (v, flags, kept), rows in zip(spans, embedded, strict=True):
+            features.append(
+                VideoFeatures(rows, [v.timestamps_s[i] for i in kept], len(v.frames), sum(flags))
+            )
+        detector.classify(features)
+        finished = time.perf_counter() - started
+        done.extend((len(v.frames), finished) for v in group)
+        group = []
+    return done
+
+
+def run_research(args: argparse.Namespace) -> dict[str, Any]:
+    detector = load_detector(args.checkpoint, "float32")
+    loaded_rss = rss_mib()
+    research_video(detector, args.warmup, args.scratch / "warmup", args.threads)
+    latencies, frames = [], 0
+    started = time.perf_counter()
+    for index, video in enumerate(args.videos):
+        begun = time.perf_counter()
+        frames += research_video(detector, video, args.scratch / str(index), args.threads)
+        latencies.append(time.perf_counter() - begun)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(args.scratch, ignore_errors=True)
+    return _result(latencies, frames, elapsed, loaded_rss)
+
+
+def run_bare(args: argparse.Namespace) -> dict[str, Any]:
+    detector = load_detector(args.checkpoint, args.dtype)
+    loaded_rss = rss_mib()
+    decoded = [detector.decode(video) for video in [args.warmup, *args.videos]]
+    bare_video(detector, decoded[0].frames, decoded[0].timestamps_s)
+    if args.pooled:
+        done = bare_pooled(detector, decoded[1:], args.pooled)
+        latencies = [seconds for _, seconds in done]
+        result = _result(latencies, sum(f for f, _ in done), max(latencies), loaded_rss)
+        return result | {"dtype": detector.spec.backbone.dtype}
+    latencies, frames = [], 0
+    started = time.perf_counter()
+    for video in decoded[1:]:
+        begun = time.perf_counter()
+        frames += bare_video(detector, video.frames, video.timestamps_s)
+        latencies.append(time.perf_counter() - begun)
+    elapsed = time.perf_counter() - started
+    return _result(latencies, frames, elapsed, loaded_rss) | {"dtype": detector.spec.backbone.dtype}
+
+
+def run_predict(args: argparse.Namespace) -> dict[str, Any]:
+    detector = load_detector(args.checkpoint)
+    loaded_rss = rss_mib()
+    loaded_peak = peak_rss_mib()
+    begun = time.perf_counter()
+    prediction = detector.predict_file(args.video)
+    elapsed = time.perf_counter() - begun
+    return _result([elapsed], prediction.sampled, elapsed, loaded_rss) | {
+        "peak_rss_after_load_mib": loaded_peak,
+        "last_timestamp_s": prediction.timestamps_s[-1],
+    }
+
+
+def _result(
+    latencies: list[float], frames: int, elapsed: float, loaded_rss: float | None
+) -> dict[str, Any]:
+    return {
+        "latencies_s": latencies,
+        "frames": frames,
+        "elapsed_s": elapsed,
+        "rss_after_load_mib": loaded_rss,
+        "peak_rss_mib": peak_rss_mib(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.probe", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("research", "bare", "predict"):
+        command = commands.add_parser(name)
+        command.add_argument("--checkpoint", type=Path, required=True)
+        command.add_argument("--threads", type=int, required=True)
+        if name == "predict":
+            command.add_argument("video", type=Path)
+            continue
+        command.add_argument("--warmup", type=Path, required=True)
+        command.add_argument("videos", type=Path, nargs="+")
+        if name == "research":
+            command.add_argument("--scratch", type=Path, required=True)
+        else:
+            command.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+            command.add_argument(
+                "--pooled", type=int, default=0, help="pool frames across videos up to N"
+            )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runner = {"research": run_research, "bare": run_bare, "predict": run_predict}[args.command]
+    print(json.dumps(runner(args)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
