@@ -270,9 +270,13 @@ class StreamWorker:
             if not self._assigned:
                 self._consumer.list_topics(self._settings.topic, timeout=1.0)
             for topic, partition in sorted(self._assigned):
+                # The high watermark cached from fetch responses: a broker query per partition
+                # would block the poll loop (about 0.5 s each, behind the consumer's fetch).
                 _low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=1.0, cached=False
+                    TopicPartition(topic, partition), cached=True
                 )
+                if high < 0:
+                    continue
                 position = self._tracker.committable((topic, partition))
                 if position is None:
                     [current] = self._consumer.position([TopicPartition(topic, partition)])
