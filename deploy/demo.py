@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             counters = [
                 line
                 for line in reply.read().decode().splitlines()
-                if line.startswith(("dfd_requests_total", "dfd_cache_"))
+                if line.startswith(("dfd_requests_total", "dfd_cache_")) and "_created" not in line
             ]
         print("\n".join(counters))
         print(f"metrics: {metrics}  health: /healthz  readiness: /readyz")

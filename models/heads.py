@@ -64,15 +64,25 @@ class AttentionPooling(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """One ensemble member: bidirectional LSTM or GRU, attention pooling, BatchNorm, FC layers.
+    """One ensemble member: input standardisation (optional), input dropout, bidirectional LSTM
+    or GRU, attention pooling, BatchNorm, FC layers.
 
-    The attention dimension equals the per-direction hidden size.
+    With `spec.input_norm == "standardize"` the member holds buffers `input_mean` and `input_std`
+    (`[input_dim]`, part of its state dict, so a checkpoint serves exactly the training-time
+    standardisation); set them with `set_input_statistics`. The attention dimension equals the
+    per-direction hidden size.
     """
 
     def __init__(self, spec: MemberSpec, input_dim: int) -> None:
         super().__init__()
         self.spec = spec
         self.input_dim = input_dim
+        standardize = spec.input_norm == "standardize"
+        self.input_mean: Tensor | None
+        self.input_std: Tensor | None
+        self.register_buffer("input_mean", torch.zeros(input_dim) if standardize else None)
+        self.register_buffer("input_std", torch.ones(input_dim) if standardize else None)
+        self.input_dropout = nn.Dropout(spec.input_dropout)
         rnn_type = nn.LSTM if spec.kind == "lstm" else nn.GRU
         self.rnn = rnn_type(
             input_size=input_dim,
@@ -93,6 +103,17 @@ class SequenceClassifier(nn.Module):
         layers.append(nn.Linear(width, NUM_CLASSES))
         self.classifier = nn.Sequential(*layers)
 
+    def set_input_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Set the standardisation of a `standardize` member: `(x - mean) / std` per feature."""
+        if self.input_mean is None or self.input_std is None:
+            raise ValueError(f"member {self.spec.name} has input_norm {self.spec.input_norm!r}")
+        if mean.shape != (self.input_dim,) or std.shape != (self.input_dim,):
+            raise ValueError(f"mean and std must have shape ({self.input_dim},)")
+        if not bool((std > 0).all()):
+            raise ValueError("every std must be positive")
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std)
+
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """`x [B, T, D]` float, `mask [B, T]` bool -> `(logits [B, 2], attention [B, T])`."""
         if x.ndim != 3 or x.shape[:2] != mask.shape or x.shape[2] != self.input_dim:
@@ -100,6 +121,9 @@ class SequenceClassifier(nn.Module):
                 f"expected x [B, T, {self.input_dim}] and mask [B, T], "
                 f"got {tuple(x.shape)} and {tuple(mask.shape)}"
             )
+        if self.input_mean is not None and self.input_std is not None:
+            x = (x - self.input_mean) / self.input_std
+        x = self.input_dropout(x)
         lengths = sequence_lengths(mask)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         output, _ = self.rnn(packed)

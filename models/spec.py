@@ -91,6 +91,12 @@ class MemberSpec(_Spec):
     num_layers: Annotated[int, Field(ge=1)] = 2
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
     fc_dims: tuple[int, ...] = (256,)
+    input_norm: Literal["none", "standardize"] = Field(
+        default="none",
+        description="'standardize': subtract a per-feature mean and divide by a per-feature std "
+        "(computed on the TRAIN features, stored with the member's weights)",
+    )
+    input_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 
 DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (

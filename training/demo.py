@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.spec import BackboneSpec, FaceSpec, MemberSpec, SamplingSpec
+from models.spec import BackboneSpec, FaceSpec, SamplingSpec
 from training.evaluate import REPORT_JSON, evaluate_run
 from training.export import export_run
 from training.extract import extract, open_store
@@ -22,18 +22,13 @@ from training.features import StoreSpec
 from training.index import build_manifest, scan_csv
 from training.manifest import read_manifest, write_manifest
 from training.synth import generate_dataset
-from training.train import TrainConfig, train_run
+from training.train import MEMBER_BASE, TrainConfig, parse_members, train_run
 
 logger = logging.getLogger(__name__)
 
-DEMO_MEMBERS = (
-    MemberSpec(
-        name="lstm64", kind="lstm", hidden_size=64, num_layers=1, dropout=0.2, fc_dims=(32,)
-    ),
-    MemberSpec(
-        name="lstm32", kind="lstm", hidden_size=32, num_layers=1, dropout=0.2, fc_dims=(32,)
-    ),
-    MemberSpec(name="gru64", kind="gru", hidden_size=64, num_layers=1, dropout=0.2, fc_dims=(32,)),
+DEMO_MEMBERS = parse_members(
+    "lstm64,lstm32,gru64",
+    MEMBER_BASE.model_copy(update={"num_layers": 1, "dropout": 0.2, "fc_dims": (32,)}),
 )
 
 

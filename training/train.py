@@ -45,6 +45,15 @@ MEMBERS_DIR = "members"
 CURVES_DIR = "curves"
 _MEMBER_NAME = re.compile(r"^(lstm|gru)(\d+)$")
 
+MEMBER_BASE = MemberSpec(
+    name="base", kind="lstm", hidden_size=1, input_norm="standardize", input_dropout=0.5
+)
+"""Hyperparameters of members named on the command line (`--members lstm768,...`).
+
+Backbone features are not centred and, with thousands of dimensions, saturate the recurrent gates
+of small members unless standardised; input dropout keeps members from memorising a few hundred
+videos through a handful of feature dimensions."""
+
 
 class TrainConfig(BaseModel):
     """Settings of one training run (saved as `run.json`)."""
@@ -79,22 +88,31 @@ def load_samples(store: FeatureStore, entries: Sequence[StoreEntry]) -> list[Sam
     return [Sample(store.features(e), e.target, e.path) for e in entries]
 
 
-def parse_members(text: str, base: MemberSpec | None = None) -> tuple[MemberSpec, ...]:
+def parse_members(text: str, base: MemberSpec = MEMBER_BASE) -> tuple[MemberSpec, ...]:
     """Members named like `lstm768,gru512`: kind and per-direction hidden size from the name.
 
-    The other hyperparameters come from `base` (MemberSpec defaults when None).
+    The other hyperparameters come from `base`.
     """
     members = []
     for name in (part.strip() for part in text.split(",") if part.strip()):
         match = _MEMBER_NAME.match(name)
         if match is None:
             raise ValueError(f"member {name!r}: expected <lstm|gru><hidden size>, e.g. lstm768")
-        extra = base.model_dump(exclude={"name", "kind", "hidden_size"}) if base else {}
+        extra = base.model_dump(exclude={"name", "kind", "hidden_size"})
         kind = "lstm" if match.group(1) == "lstm" else "gru"
         members.append(MemberSpec(name=name, kind=kind, hidden_size=int(match.group(2)), **extra))
     if not members:
         raise ValueError("no members given")
     return tuple(members)
+
+
+def feature_statistics(samples: Sequence[Sample]) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and std over every frame of `samples` (the std floored at 1% of its mean,
+    so constant features stay finite after standardisation)."""
+    frames = torch.cat([s.features for s in samples]).double()
+    mean, std = frames.mean(dim=0), frames.std(dim=0, correction=0)
+    floor = max(float(std.mean()) * 1e-2, 1e-12)
+    return mean.float(), std.clamp_min(floor).float()
 
 
 def class_weights(targets: Sequence[int]) -> Tensor:
@@ -239,6 +257,8 @@ def train_member(
     rng = np.random.default_rng(seed)
     input_dim = int(train[0].features.shape[1])
     member = build_member(spec, input_dim)
+    if spec.input_norm == "standardize":
+        member.set_input_statistics(*feature_statistics(train))
     targets = [s.target for s in train]
     weights = class_weights(targets) if config.balance == "loss" else None
     steps = len(batches(np.arange(len(train)), config.batch_size))

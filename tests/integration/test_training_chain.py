@@ -1,10 +1,12 @@
-"""The training chain end to end on small videos: index, extract, train, evaluate, export, and
-the exported checkpoint reproduces evaluate's TEST probabilities through `Detector.predict_file`.
+"""The training chain end to end on small videos: index, extract, train, evaluate, export; the
+ensemble learns (TEST ROC-AUC >= 0.85), and the exported checkpoint reproduces evaluate's TEST
+probabilities through `Detector.predict_file`.
 
 Offline there are no pretrained backbone weights, and a random-init backbone's features do not
 separate the subtle `synth` fakes (see training/README.md). So that "the model learned" is a real
-check of training and evaluation, fakes here carry a coarse signal random features keep: a dark,
-colour-cast, flickering patch over the middle of every frame.
+check of training and evaluation, fakes here carry a coarse signal that random MobileNetV3
+features keep: a dark, colour-cast, flickering patch over the middle of every frame. With shuffled
+labels the same chain scores near chance (checked by hand), so the AUC assertion can fail.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from tests.videos import make_video
 from training.cli import main
 from training.manifest import VideoEntry, write_labels
 
-VIDEOS = 80
+VIDEOS = 240
 FRAMES = 12
 SIZE = 64
+MIN_TEST_AUC = 0.85
 CAST = np.array([1.25, 1.0, 0.75], dtype=np.float32)
 
 
@@ -69,9 +72,7 @@ def test_chain_learns_and_export_matches_evaluate(dataset: Path, tmp_path: Path)
         tmp_path / "run",
         tmp_path / "model.ckpt",
     )
-    _command(
-        "index", "--csv", dataset / "labels.csv", "--out", manifest, "--ratios", "0.5,0.25,0.25"
-    )
+    _command("index", "--csv", dataset / "labels.csv", "--out", manifest, "--ratios", "0.6,0.2,0.2")
     extract = (
         "extract",
         "--manifest",
@@ -79,7 +80,7 @@ def test_chain_learns_and_export_matches_evaluate(dataset: Path, tmp_path: Path)
         "--out",
         store,
         "--arch",
-        "resnet50",
+        "mobilenet_v3_large",
         "--weights",
         "none",
         "--detector",
@@ -87,7 +88,7 @@ def test_chain_learns_and_export_matches_evaluate(dataset: Path, tmp_path: Path)
         "--no-face",
         "full_frame",
         "--input-size",
-        "64",
+        "32",
         "--inference-frames",
         "8",
         "--sampling",
@@ -127,7 +128,9 @@ def test_chain_learns_and_export_matches_evaluate(dataset: Path, tmp_path: Path)
     assert (run / "roc.png").is_file() and (run / "confusion.png").is_file()
     assert set(report["models"]) == {"lstm16", "gru16", "ensemble"}
     for model in report["models"].values():
-        assert 0.0 <= model["test"]["roc_auc"] <= 1.0 and 0.0 <= model["threshold"] <= 1.0
+        assert 0.0 <= model["threshold"] <= 1.0
+    assert report["counts"]["test"]["videos"] >= 40
+    assert report["models"]["ensemble"]["test"]["roc_auc"] >= MIN_TEST_AUC
 
     _command("export", "--store", store, "--run", run, "--out", checkpoint, "--name", "t")
     spec = spec_of(checkpoint)

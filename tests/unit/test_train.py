@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.heads import build_member
+from models.heads import build_member, pad_sequences
 from models.spec import MemberSpec
 from training.train import (
+    MEMBER_BASE,
     EarlyStopping,
     Sample,
     TrainConfig,
@@ -18,6 +19,7 @@ from training.train import (
     batches,
     class_weights,
     epoch_order,
+    feature_statistics,
     parse_members,
     random_window,
     train_member,
@@ -26,6 +28,7 @@ from training.train import (
 )
 
 TINY = MemberSpec(name="lstm8", kind="lstm", hidden_size=8, num_layers=1, dropout=0.0, fc_dims=(8,))
+STANDARDIZED = TINY.model_copy(update={"input_norm": "standardize", "input_dropout": 0.5})
 
 
 def test_windows_cover_the_sequence() -> None:
@@ -109,6 +112,43 @@ def test_parse_members() -> None:
     ]
     with pytest.raises(ValueError):
         parse_members("transformer8")
+    assert all(
+        (m.input_norm, m.input_dropout) == (MEMBER_BASE.input_norm, MEMBER_BASE.input_dropout)
+        for m in parse_members("lstm8,gru8")
+    )
+
+
+def test_feature_statistics_over_all_frames() -> None:
+    samples = [
+        Sample(torch.tensor([[1.0, 5.0], [3.0, 5.0]]), 0, "a"),
+        Sample(torch.tensor([[5.0, 5.0]]), 1, "b"),
+    ]
+    mean, std = feature_statistics(samples)
+    assert mean.tolist() == pytest.approx([3.0, 5.0])
+    assert std[0].item() == pytest.approx(math.sqrt(8 / 3))
+    assert std[1].item() == pytest.approx(0.01 * math.sqrt(8 / 3) / 2)  # floored, not zero
+
+
+def test_standardized_member_stores_its_statistics() -> None:
+    torch.manual_seed(0)
+    member = build_member(STANDARDIZED, 3).eval()
+    x, mask = pad_sequences([torch.randn(4, 3) * 50 + 100])
+    mean, std = torch.full((3,), 100.0), torch.full((3,), 50.0)
+    member.set_input_statistics(mean, std)
+    assert set(member.state_dict()) >= {"input_mean", "input_std"}
+    copy = build_member(STANDARDIZED, 3).eval()
+    copy.load_state_dict(member.state_dict())
+    plain = build_member(TINY, 3).eval()
+    plain.load_state_dict({k: v for k, v in member.state_dict().items() if "input_" not in k})
+    with torch.inference_mode():
+        expected = plain((x - mean) / std, mask)[0]
+        torch.testing.assert_close(member(x, mask)[0], expected)
+        torch.testing.assert_close(copy(x, mask)[0], expected)
+    assert "input_mean" not in plain.state_dict()
+    with pytest.raises(ValueError):
+        plain.set_input_statistics(mean, std)
+    with pytest.raises(ValueError):
+        member.set_input_statistics(mean, torch.zeros(3))
 
 
 def test_train_member_learns_a_separable_problem() -> None:
@@ -132,3 +172,22 @@ def test_train_member_learns_a_separable_problem() -> None:
     assert set(result.state) == set(build_member(TINY, 6).state_dict())
     again = train_member(TINY, train, val, config)
     assert again.history == result.history
+
+
+def test_standardized_member_learns_uncentred_features_and_keeps_train_statistics() -> None:
+    generator = torch.Generator().manual_seed(2)
+    dim = 256
+
+    def sample(target: int, index: int) -> Sample:
+        features = 5.0 + torch.rand(6, dim, generator=generator) * 3.0
+        features[:, :16] += 3.0 if target else 0.0
+        return Sample(features, target, f"{target}/{index}")
+
+    train = [sample(i % 2, i) for i in range(48)]
+    val = [sample(i % 2, i) for i in range(16)]
+    config = TrainConfig(members=(TINY,), epochs=10, batch_size=8, lr=3e-3, patience=10)
+    result = train_member(STANDARDIZED, train, val, config)
+    assert result.best_val_auc >= 0.95
+    mean, std = feature_statistics(train)
+    torch.testing.assert_close(result.state["input_mean"], mean)
+    torch.testing.assert_close(result.state["input_std"], std)
