@@ -52,7 +52,10 @@ def encode(document: object) -> bytes:
     return json.dumps(document).encode()
 
 
-@given(request_id=request_ids, uri=uris, meta=metadata, digest=st.none() | st.binary(min_size=32, max_size=32))
+digests = st.none() | st.binary(min_size=32, max_size=32)
+
+
+@given(request_id=request_ids, uri=uris, meta=metadata, digest=digests)
 def test_any_valid_request_round_trips(request_id, uri, meta, digest):
     request = VideoRequest(
         request_id=request_id,
