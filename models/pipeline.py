@@ -15,17 +15,19 @@ concurrently, though one thread per stage is the efficient way to feed an accele
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.backbones import FrameEmbedder, build_backbone
+from models.backbones import FrameEmbedder, build_backbone, weights_digest
 from models.checkpoint import load_checkpoint
 from models.ensemble import Ensemble
 from models.errors import NoFace
@@ -120,6 +122,20 @@ class Detector:
         )
         return cls(spec, backbone, ensemble, device, decode_limits=decode_limits)
 
+    @cached_property
+    def model_digest(self) -> str:
+        """SHA-256 hex of everything that decides a prediction, computed once.
+
+        Hashes the spec JSON (sampling, face, backbone with its `weights_sha256`, members,
+        ensemble weights, temperature, threshold) and every member's tensors. The backbone's
+        tensors are hashed too when the spec does not name them by `weights_sha256`.
+        """
+        digest = hashlib.sha256(self.spec.model_dump_json().encode())
+        backbone = self.spec.backbone.weights_sha256 or weights_digest(self._embedder.module)
+        digest.update(backbone.encode())
+        digest.update(weights_digest(self._ensemble).encode())
+        return digest.hexdigest()
+
     def decode(self, source: Source, *, threads: int = 0) -> DecodedVideo:
         """The sampled frames of one video (safe to call from several threads)."""
         return decode_frames(source, self.spec.sampling, self.decode_limits, threads=threads)
@@ -190,4 +206,3 @@ class Detector:
     def predict_file(self, source: Source, *, threads: int = 0) -> Prediction:
         """The whole pipeline on one video (the same stages the worker runs)."""
         return self.classify([self.extract(source, threads=threads)])[0]
-

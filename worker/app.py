@@ -55,7 +55,8 @@ def producer_config(settings: WorkerSettings) -> dict[str, Any]:
         "client.id": settings.worker_id,
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 5,
+        # Verdicts are few and latency-bound: send each at once rather than waiting to batch.
+        "linger.ms": 0,
         **{key: value for key, value in settings.kafka.items() if key not in consumer_only},
     }
 
@@ -87,7 +88,8 @@ def load_detector(settings: WorkerSettings) -> Detector:
 
 
 def build_cache(settings: WorkerSettings, metrics: Metrics) -> ResilientCache:
-    """Redis when a URL is given, else an in-process LRU; failures bypass and are counted."""
+    """Features and predictions in Redis when a URL is given, else in an in-process LRU;
+    failures bypass and are counted."""
     backend: RedisFeatureCache | LruFeatureCache
     if settings.redis_url:
         backend = RedisFeatureCache(
@@ -140,7 +142,12 @@ class WorkerApp:
                 )
             log.info(
                 "model loaded",
-                extra={"model": spec.name, "version": spec.version, "spec_hash": spec.spec_hash},
+                extra={
+                    "model": spec.name,
+                    "version": spec.version,
+                    "spec_hash": spec.spec_hash,
+                    "model_digest": detector.model_digest,
+                },
             )
             processor = VideoProcessor(
                 detector,

@@ -1,6 +1,9 @@
-"""Feature cache keyed by content digest and `spec_hash`: Redis or an in-process LRU.
+"""Feature and prediction cache keyed by content digest: Redis or an in-process LRU.
 
-Values are encoded by `worker.cache_codec` (raw tensor bytes and a JSON header, never pickle).
+Features live under `dfd:feat:<spec_hash>:<sha256>` (`cache_key`), so a retrained head still reuses
+them; predictions under `dfd:pred:<model_digest>:<sha256>` (`prediction_key`), so only the very
+same model (spec, backbone and member weights, temperature, threshold) shares them. Values are
+encoded by `worker.cache_codec` (raw tensors with a JSON header, or a JSON document; never pickle).
 `ResilientCache` keeps the worker serving when the backend fails: a lookup that cannot reach the
 backend is a "bypass", and after a failure the backend is skipped for `retry_after_s` before it is
 tried again, so a dead or slow Redis costs at most one timeout per interval.
@@ -13,14 +16,20 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from models.pipeline import VideoFeatures
-from worker.cache_codec import CacheCorrupt, decode_features, encode_features
+from models.pipeline import Prediction, VideoFeatures
+from worker.cache_codec import (
+    CacheCorrupt,
+    decode_features,
+    decode_prediction,
+    encode_features,
+    encode_prediction,
+)
 
 __all__ = [
     "CacheCorrupt",
@@ -32,12 +41,16 @@ __all__ = [
     "ResilientCache",
     "cache_key",
     "decode_features",
+    "decode_prediction",
     "encode_features",
+    "encode_prediction",
+    "prediction_key",
 ]
 
 log = logging.getLogger(__name__)
 
 CacheStatus = Literal["hit", "miss", "bypass"]
+_Value = TypeVar("_Value")
 
 
 class CacheUnavailable(Exception):
@@ -55,6 +68,11 @@ class FeatureStore(Protocol):
 def cache_key(spec_hash: str, digest: str, prefix: str = "dfd:feat") -> str:
     """The cache key of a video's features: namespaced by the spec that produced them."""
     return f"{prefix}:{spec_hash}:{digest}"
+
+
+def prediction_key(model_digest: str, digest: str, prefix: str = "dfd:pred") -> str:
+    """The cache key of a video's prediction: namespaced by the whole model that made it."""
+    return f"{prefix}:{model_digest}:{digest}"
 
 
 class RedisFeatureCache:
@@ -121,7 +139,7 @@ class LruFeatureCache:
 
 
 class ResilientCache:
-    """Feature cache front: decodes values, turns backend failures into bypasses.
+    """Cache front: decodes features and predictions, turns backend failures into bypasses.
 
     `on_error` is called with every backend failure (`CacheUnavailable`) and every corrupt value
     (`CacheCorrupt`, served as a miss). While the backend is being skipped, no error is reported.
@@ -149,6 +167,23 @@ class ResilientCache:
 
     def get(self, key: str, spec_hash: str) -> tuple[VideoFeatures | None, CacheStatus]:
         """Cached features and how the lookup went: "hit", "miss" or "bypass"."""
+        return self._lookup(key, lambda blob: decode_features(blob, spec_hash))
+
+    def put(self, key: str, value: VideoFeatures, spec_hash: str) -> bool:
+        """Store features; False when the backend was skipped or failed."""
+        return self._store(key, lambda: encode_features(value, spec_hash))
+
+    def get_prediction(self, key: str, model_digest: str) -> tuple[Prediction | None, CacheStatus]:
+        """A cached prediction and how the lookup went: "hit", "miss" or "bypass"."""
+        return self._lookup(key, lambda blob: decode_prediction(blob, model_digest))
+
+    def put_prediction(self, key: str, value: Prediction, model_digest: str) -> bool:
+        """Store a prediction; False when the backend was skipped or failed."""
+        return self._store(key, lambda: encode_prediction(value, model_digest))
+
+    def _lookup(
+        self, key: str, decode: Callable[[bytes], _Value]
+    ) -> tuple[_Value | None, CacheStatus]:
         if self._skipping():
             return None, "bypass"
         try:
@@ -160,17 +195,16 @@ class ResilientCache:
         if blob is None:
             return None, "miss"
         try:
-            return decode_features(blob, spec_hash), "hit"
+            return decode(blob), "hit"
         except CacheCorrupt as exc:
             log.warning("corrupt cache value treated as a miss", extra={"key": key, "error": exc})
             self._report(exc)
             return None, "miss"
 
-    def put(self, key: str, value: VideoFeatures, spec_hash: str) -> bool:
-        """Store `value`; False when the backend was skipped or failed."""
+    def _store(self, key: str, encode: Callable[[], bytes]) -> bool:
         if self._skipping():
             return False
-        blob = encode_features(value, spec_hash)
+        blob = encode()
         try:
             self._backend.put(key, blob)
         except CacheUnavailable as exc:
@@ -189,7 +223,7 @@ class ResilientCache:
             self._skip_until = self._clock() + self._retry_after_s
         if first:
             log.warning(
-                "feature cache unavailable; bypassing it",
+                "cache unavailable; bypassing it",
                 extra={"error": str(exc), "retry_after_s": self._retry_after_s},
             )
         self._report(exc)
@@ -199,7 +233,7 @@ class ResilientCache:
             recovered = self._skip_until is not None
             self._skip_until = None
         if recovered:
-            log.info("feature cache available again")
+            log.info("cache available again")
 
     def _report(self, exc: Exception) -> None:
         if self._on_error is None:

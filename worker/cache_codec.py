@@ -1,26 +1,33 @@
-"""Byte format of cached video features: a small JSON header and the raw tensor, never pickle.
+"""Byte formats of the cache values, never pickle: video features and predictions.
 
-Layout (all integers little-endian):
+Features (all integers little-endian):
 
     b"DFDF" | u16 format version | u32 header length | JSON header (UTF-8) | tensor bytes
 
 The header holds `dtype`, `shape` ([T, D]), `spec_hash`, `timestamps_s`, `sampled`, `with_face`
 and the CRC-32 of the tensor bytes. The tensor is stored row-major, little-endian. Decoding checks
 every field, the length and the checksum, and raises `CacheCorrupt` on any mismatch.
+
+Predictions are one JSON object: `format` ("dfd-prediction"), `version`, the `model_digest` of
+the detector that made it and every `Prediction` field. Floats are written as their shortest
+round-trip repr, so a decoded prediction equals the stored one exactly. Decoding validates the
+types, finiteness, lengths, ranges and the label against the threshold (`CacheCorrupt` otherwise).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
 import zlib
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.pipeline import VideoFeatures
+from models.pipeline import Prediction, VideoFeatures
 
 MAGIC = b"DFDF"
 FORMAT_VERSION = 1
@@ -36,6 +43,10 @@ _DTYPES: dict[str, tuple[torch.dtype, torch.dtype, str]] = {
     "bfloat16": (torch.bfloat16, torch.int16, "<i2"),
 }
 _DTYPE_NAMES = {torch_dtype: name for name, (torch_dtype, _, _) in _DTYPES.items()}
+
+
+PREDICTION_FORMAT = "dfd-prediction"
+PREDICTION_VERSION = 1
 
 
 class CacheCorrupt(Exception):
@@ -98,6 +109,61 @@ def decode_features(blob: bytes, spec_hash: str) -> VideoFeatures:
         sampled=header["sampled"],
         with_face=header["with_face"],
     )
+
+
+_Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+_Count = Annotated[int, Field(ge=0)]
+
+
+class _PredictionDocument(BaseModel):
+    """The JSON document of a cached prediction (strict: no coercion, no extra fields)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    format: Literal["dfd-prediction"]
+    version: Literal[1]
+    model_digest: str
+    fake_probability: _Probability
+    label: Literal["fake", "real"]
+    threshold: _Probability
+    members: dict[str, _Probability]
+    timestamps_s: list[Annotated[float, Field(allow_inf_nan=False)]]
+    attention: list[_Probability]
+    sampled: _Count
+    with_face: _Count
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _PredictionDocument:
+        if self.with_face > self.sampled:
+            raise ValueError("with_face exceeds sampled")
+        if len(self.attention) != len(self.timestamps_s):
+            raise ValueError("one attention weight per timestamp expected")
+        if (self.fake_probability >= self.threshold) != (self.label == "fake"):
+            raise ValueError("label disagrees with fake_probability and threshold")
+        return self
+
+
+def encode_prediction(prediction: Prediction, model_digest: str) -> bytes:
+    """Serialise `prediction` for the cache, tagged with the model that made it."""
+    document = {
+        "format": PREDICTION_FORMAT,
+        "version": PREDICTION_VERSION,
+        "model_digest": model_digest,
+        **dataclasses.asdict(prediction),
+    }
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_prediction(blob: bytes, model_digest: str) -> Prediction:
+    """Parse a cached prediction; raises `CacheCorrupt` unless every check passes."""
+    try:
+        document = _PredictionDocument.model_validate_json(blob)
+    except ValidationError as exc:
+        raise CacheCorrupt(f"invalid prediction document: {exc}") from None
+    if document.model_digest != model_digest:
+        raise CacheCorrupt(f"model_digest {document.model_digest!r} differs from {model_digest!r}")
+    fields = document.model_dump(exclude={"format", "version", "model_digest"})
+    return Prediction(**fields)
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:

@@ -36,6 +36,9 @@ Handler = Callable[[Inbound], list[Outbound]]
 PartitionKey = tuple[str, int]
 
 _POLL_S = 0.05
+# While requests are in flight the loop polls briefly, so that a finished verdict is produced
+# (and its delivery confirmed) within milliseconds rather than after a full idle poll.
+_BUSY_POLL_S = 0.005
 
 
 class StartupError(Exception):
@@ -142,7 +145,7 @@ class StreamWorker:
         self._subscribed = True
         try:
             while not self._stop.is_set():
-                message = self._consumer.poll(_POLL_S)
+                message = self._consumer.poll(_BUSY_POLL_S if self._open else _POLL_S)
                 if message is not None:
                     self._accept(message)
                 self._pump(0)

@@ -56,11 +56,15 @@ class Metrics:
         self.faces_found = Counter(
             "dfd_faces_found", "Sampled frames with a detected face", registry=registry
         )
-        self.cache_hits = Counter("dfd_cache_hits", "Feature cache hits", registry=registry)
-        self.cache_misses = Counter("dfd_cache_misses", "Feature cache misses", registry=registry)
+        self.cache_hits = Counter(
+            "dfd_cache_hits", "Cache hits (prediction or features)", registry=registry
+        )
+        self.cache_misses = Counter(
+            "dfd_cache_misses", "Cache misses (neither prediction nor features)", registry=registry
+        )
         self.cache_errors = Counter(
             "dfd_cache_errors",
-            "Feature cache failures (unavailable or corrupt)",
+            "Cache failures (unavailable or corrupt)",
             registry=registry,
         )
         self.cache_bypass = Counter(

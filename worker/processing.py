@@ -1,8 +1,9 @@
 """The per-request pipeline of the worker and the per-message handler around it.
 
-`VideoProcessor.process` runs one request: source policy -> content digest -> feature cache ->
-[miss: decode (bounded thread concurrency) -> face crops and backbone embeddings through dynamic
-batchers shared by every in-flight video -> cache store] -> ensemble (batched across videos).
+`VideoProcessor.process` runs one request: source policy -> content digest -> prediction cache
+[hit: the verdict straight away] -> feature cache [miss: decode (bounded thread concurrency) ->
+face crops and backbone embeddings through dynamic batchers shared by every in-flight video ->
+feature store] -> ensemble (batched across videos) -> prediction store.
 It never raises: every failure becomes an error verdict with a precise code.
 
 `MessageHandler` turns one Kafka message into the records to produce: a verdict, or for a message
@@ -37,7 +38,7 @@ from producer.contracts import (
     utcnow,
 )
 from worker.batcher import DynamicBatcher
-from worker.cache import CacheStatus, ResilientCache, cache_key
+from worker.cache import CacheStatus, ResilientCache, cache_key, prediction_key
 from worker.messages import Inbound, Outbound
 from worker.metrics import Metrics
 from worker.sources import SourceError, SourcePolicy, file_digest, open_source
@@ -107,6 +108,7 @@ class VideoProcessor:
         self._metrics = metrics
         self._settings = settings
         self._spec_hash = detector.spec.spec_hash
+        self._model_digest = detector.model_digest
         self._model = model_info(detector.spec)
         self._decode_slots = threading.Semaphore(settings.decode_workers)
         self._crops: DynamicBatcher[np.ndarray, _Crop] = DynamicBatcher(
@@ -155,16 +157,14 @@ class VideoProcessor:
             attempt.record("fetch", time.perf_counter() - fetch_started)
             with attempt.stage("digest"):
                 digest = request.sha256 or file_digest(video.path)
-            key = cache_key(self._spec_hash, digest)
-            with attempt.stage("cache_get"):
-                features, attempt.cache = self._cache.get(key, self._spec_hash)
-            self._count_cache(attempt.cache)
-            if features is None:
-                features = self._extract(video.path, attempt)
+            cached = self._lookup(digest, attempt)
+            if cached is None:
+                cached = self._extract(video.path, attempt)
                 with attempt.stage("cache_put"):
-                    self._cache.put(key, features, self._spec_hash)
-        with attempt.stage("classify"):
-            [prediction] = self._classifier.submit([features]).result()
+                    self._cache.put(cache_key(self._spec_hash, digest), cached, self._spec_hash)
+        prediction = (
+            cached if isinstance(cached, Prediction) else self._predict(cached, digest, attempt)
+        )
         return ok_verdict(
             request,
             prediction,
@@ -174,6 +174,28 @@ class VideoProcessor:
             worker_id=self._settings.worker_id,
             completed_at=utcnow(),
         )
+
+    def _lookup(self, digest: str, attempt: _Attempt) -> Prediction | VideoFeatures | None:
+        """This model's cached prediction, else the spec's cached features (a hit either way),
+        else None (a miss or bypass); sets and counts the request's cache status."""
+        cached: Prediction | VideoFeatures | None
+        with attempt.stage("cache_get"):
+            key = prediction_key(self._model_digest, digest)
+            cached, attempt.cache = self._cache.get_prediction(key, self._model_digest)
+            if cached is None:
+                key = cache_key(self._spec_hash, digest)
+                cached, attempt.cache = self._cache.get(key, self._spec_hash)
+        self._count_cache(attempt.cache)
+        return cached
+
+    def _predict(self, features: VideoFeatures, digest: str, attempt: _Attempt) -> Prediction:
+        """The ensemble's prediction (batched with other videos), stored for this model."""
+        with attempt.stage("classify"):
+            [prediction] = self._classifier.submit([features]).result()
+        with attempt.stage("cache_put"):
+            key = prediction_key(self._model_digest, digest)
+            self._cache.put_prediction(key, prediction, self._model_digest)
+        return prediction
 
     def _extract(self, path: Path, attempt: _Attempt) -> VideoFeatures:
         with attempt.stage("decode"), self._decode_slots:

@@ -100,11 +100,15 @@ class WorkerSettings(BaseSettings):
         0, description="Codec threads per decoded video (0 = PyAV's default)."
     )
 
-    # Feature cache
+    # Feature and prediction cache
     redis_url: str | None = Field(
-        None, description="Redis URL of the feature cache; without it an in-process LRU is used."
+        None,
+        description="Redis URL of the feature and prediction cache; without it an in-process LRU "
+        "is used.",
     )
-    cache_ttl_s: PositiveInt = Field(7 * 24 * 3600, description="Lifetime of cached features.")
+    cache_ttl_s: PositiveInt = Field(
+        7 * 24 * 3600, description="Lifetime of cached features and predictions."
+    )
     cache_timeout_s: PositiveFloat = Field(0.5, description="Socket timeout of Redis calls.")
     cache_retry_after_s: PositiveFloat = Field(
         10.0, description="After a Redis error, bypass the cache this long before trying again."

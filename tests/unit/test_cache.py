@@ -1,4 +1,4 @@
-"""Feature cache: the byte codec, the LRU and the failure handling of `ResilientCache`."""
+"""Feature and prediction cache: codecs, the LRU and the failure handling of `ResilientCache`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploy.local.ports import free_port
-from models.pipeline import VideoFeatures
+from models.pipeline import Prediction, VideoFeatures
 from worker.cache import (
     CacheCorrupt,
     CacheUnavailable,
@@ -22,11 +22,15 @@ from worker.cache import (
     ResilientCache,
     cache_key,
     decode_features,
+    decode_prediction,
     encode_features,
+    encode_prediction,
+    prediction_key,
 )
 from worker.cache_codec import MAGIC
 
 SPEC = "a" * 16
+MODEL = "c" * 64
 
 
 def features(rows: int = 5, dim: int = 8, dtype: torch.dtype = torch.float32) -> VideoFeatures:
@@ -50,6 +54,25 @@ def assert_identical(left: VideoFeatures, right: VideoFeatures) -> None:
     assert torch.equal(bits(left.features), bits(right.features))
     assert left.timestamps_s == right.timestamps_s
     assert (left.sampled, left.with_face) == (right.sampled, right.with_face)
+
+
+def prediction(probability: float = 1 / 3, threshold: float = 0.5) -> Prediction:
+    return Prediction(
+        fake_probability=probability,
+        label="fake" if probability >= threshold else "real",
+        threshold=threshold,
+        members={"lstm768": 0.1 + 1e-17, "gru768": 2 / 3, "tiny": 5e-324},
+        timestamps_s=[0.0, 1 / 30, 2.000000000000001],
+        attention=[0.2, 0.30000000000000004, 0.5],
+        sampled=4,
+        with_face=3,
+    )
+
+
+def document_with(**changes: object) -> bytes:
+    document = json.loads(encode_prediction(prediction(), MODEL))
+    document.update(changes)
+    return json.dumps(document).encode()
 
 
 def header_of(blob: bytes) -> dict:
@@ -186,6 +209,95 @@ def test_mutated_values_decode_or_are_corrupt(data: st.DataObject) -> None:
     assert decoded.features.shape == (2, 3)  # a header value changed, e.g. a timestamp digit
 
 
+# ---------------------------------------------------------------- prediction codec
+
+
+def test_prediction_codec_covers_every_field_of_prediction() -> None:
+    names = {field.name for field in dataclasses.fields(Prediction)}
+    stored = set(json.loads(encode_prediction(prediction(), MODEL)))
+    assert stored == names | {"format", "version", "model_digest"}
+
+
+@pytest.mark.parametrize("probability", [0.0, 1 / 3, 0.5, 0.7000000000000001, 1.0])
+def test_prediction_round_trip_is_exact(probability: float) -> None:
+    original = prediction(probability)
+    blob = encode_prediction(original, MODEL)
+    decoded = decode_prediction(blob, MODEL)
+    assert decoded == original  # exact float equality, not approximate
+    assert json.loads(blob)["format"] == "dfd-prediction"
+    assert json.loads(blob)["version"] == 1
+
+
+def test_prediction_of_another_model_is_corrupt() -> None:
+    blob = encode_prediction(prediction(), MODEL)
+    with pytest.raises(CacheCorrupt, match="model_digest"):
+        decode_prediction(blob, "d" * 64)
+
+
+def test_non_finite_predictions_are_refused_at_encode() -> None:
+    broken = dataclasses.replace(prediction(), members={"lstm768": float("nan")})
+    with pytest.raises(ValueError):
+        encode_prediction(broken, MODEL)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"format": "dfd-features"},
+        {"version": 2},
+        {"model_digest": 7},
+        {"fake_probability": "0.3"},
+        {"fake_probability": 1.5},
+        {"fake_probability": -0.1},
+        {"label": "maybe"},
+        {"label": "fake"},  # 1/3 is below the threshold
+        {"threshold": None},
+        {"members": {"lstm768": "high"}},
+        {"members": [0.1, 0.2]},
+        {"timestamps_s": [0.0, 1.0]},  # three attention weights
+        {"attention": [0.5, 2.0, 0.5]},
+        {"sampled": 2},  # fewer than with_face
+        {"sampled": 4.0},
+        {"with_face": True},
+        {"extra": 1},
+    ],
+)
+def test_invalid_prediction_documents_are_corrupt(changes: dict) -> None:
+    with pytest.raises(CacheCorrupt):
+        decode_prediction(document_with(**changes), MODEL)
+
+
+@pytest.mark.parametrize("field", ["fake_probability", "members", "attention", "sampled"])
+def test_prediction_documents_missing_a_field_are_corrupt(field: str) -> None:
+    document = json.loads(encode_prediction(prediction(), MODEL))
+    del document[field]
+    with pytest.raises(CacheCorrupt):
+        decode_prediction(json.dumps(document).encode(), MODEL)
+
+
+def test_damaged_prediction_documents_are_corrupt() -> None:
+    blob = encode_prediction(prediction(), MODEL)
+    damaged = [
+        blob[: len(blob) // 2],
+        blob.replace(b'"fake_probability":0.3333333333333333', b'"fake_probability":NaN'),
+        b"\xff\xfe" + blob,
+        encode_features(features(), SPEC),
+        b"\x80\x05\x95" + blob,
+        b"",
+    ]
+    assert damaged[1] != blob
+    for value in damaged:
+        with pytest.raises(CacheCorrupt):
+            decode_prediction(value, MODEL)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_decode_as_a_prediction(blob: bytes) -> None:
+    with pytest.raises(CacheCorrupt):
+        decode_prediction(blob, MODEL)
+
+
 # ---------------------------------------------------------------- keys and LRU
 
 
@@ -193,6 +305,12 @@ def test_cache_key_is_namespaced_by_spec_hash() -> None:
     assert cache_key(SPEC, "d1") == f"dfd:feat:{SPEC}:d1"
     assert cache_key("other", "d1") != cache_key(SPEC, "d1")
     assert cache_key(SPEC, "d1", prefix="test").startswith("test:")
+
+
+def test_prediction_key_is_namespaced_by_model_digest() -> None:
+    assert prediction_key(MODEL, "d1") == f"dfd:pred:{MODEL}:d1"
+    assert prediction_key("e" * 64, "d1") != prediction_key(MODEL, "d1")
+    assert prediction_key(MODEL, "d1") != cache_key(MODEL, "d1")
 
 
 def test_lru_evicts_the_least_recently_used() -> None:
@@ -266,6 +384,40 @@ def test_miss_put_hit() -> None:
     assert status == "hit" and cached is not None
     assert_identical(cached, value)
     assert cache.get("k", "other-spec") == (None, "miss")
+
+
+def test_prediction_miss_put_hit() -> None:
+    cache = ResilientCache(LruFeatureCache())
+    value = prediction()
+    assert cache.get_prediction("p", MODEL) == (None, "miss")
+    assert cache.put_prediction("p", value, MODEL)
+    assert cache.get_prediction("p", MODEL) == (value, "hit")
+    assert cache.get_prediction("p", "d" * 64) == (None, "miss")
+
+
+def test_corrupt_prediction_is_a_counted_miss() -> None:
+    backend = LruFeatureCache()
+    backend.put("p", encode_features(features(), SPEC))
+    errors: list[Exception] = []
+    cache = ResilientCache(backend, on_error=errors.append)
+    assert cache.get_prediction("p", MODEL) == (None, "miss")
+    assert [type(e) for e in errors] == [CacheCorrupt]
+
+
+def test_prediction_lookups_share_the_bypass() -> None:
+    backend, clock, errors = Flaky(), Clock(), []
+    cache = ResilientCache(backend, retry_after_s=5.0, on_error=errors.append, clock=clock)
+    backend.down = True
+    assert cache.get_prediction("p", MODEL) == (None, "bypass")
+    calls = backend.calls
+    assert cache.get("k", SPEC) == (None, "bypass")  # skipped after the prediction lookup failed
+    assert not cache.put_prediction("p", prediction(), MODEL)
+    assert backend.calls == calls
+    backend.down = False
+    clock.now += 5.0
+    assert cache.put_prediction("p", prediction(), MODEL)
+    assert cache.get_prediction("p", MODEL)[1] == "hit"
+    assert len(errors) == 1
 
 
 def test_corrupt_value_is_a_counted_miss() -> None:
