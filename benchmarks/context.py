@@ -12,7 +12,7 @@ from typing import Any, Literal
 from benchmarks.assets import representative_spec, smoke_spec, write_checkpoint
 from benchmarks.machine import cpu_bf16_supported, machine_info
 from benchmarks.report import Report
-from benchmarks.workers import REPO
+from deploy.local.worker_process import REPO
 from models.spec import ComputeDtype
 
 Size = Literal["smoke", "full"]

@@ -29,9 +29,11 @@ from confluent_kafka import Consumer
 from benchmarks.assets import drill_spec, synth_videos, write_checkpoint
 from benchmarks.context import Context
 from benchmarks.report import Report
-from benchmarks.services import Services, Topics, open_services, private_topics
+from benchmarks.services import Services, open_services
 from benchmarks.traffic import Submitter, VerdictCollector, requests_for
-from benchmarks.workers import WorkerProcess, worker_env
+from benchmarks.workers import worker_env
+from deploy.local.topics import TopicSet, private_topics
+from deploy.local.worker_process import WorkerProcess
 from producer.contracts import Verdict
 
 PARTITIONS = 4
@@ -71,7 +73,9 @@ class Event:
 class Drill:
     """The running system under drill: the stack, two worker slots, the stream's clients."""
 
-    def __init__(self, ctx: Context, services: Services, topics: Topics, checkpoint: Path) -> None:
+    def __init__(
+        self, ctx: Context, services: Services, topics: TopicSet, checkpoint: Path
+    ) -> None:
         self.ctx = ctx
         self.services = services
         self.stack = services.stack
@@ -264,7 +268,7 @@ def run(ctx: Context) -> Report:
 
 
 def _stream_with_drills(
-    drill: Drill, submitter: Submitter, requests: list, topics: Topics
+    drill: Drill, submitter: Submitter, requests: list, topics: TopicSet
 ) -> dict[str, object]:
     """Submit the stream in chunks; one drill runs while each chunk is in flight."""
     poison = Submitter(drill.services.kafka_bootstrap, topics.requests, timeout_s=300.0)

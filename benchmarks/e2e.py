@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import latency_summary, throughput
-from benchmarks.services import Services, Topics, private_topics
+from benchmarks.measure import cpu_seconds, latency_summary, peak_rss_mib, throughput
+from benchmarks.services import Services
 from benchmarks.traffic import Arrival, Submitter, VerdictCollector
-from benchmarks.workers import WorkerProcess, wait_assigned, worker_env
+from benchmarks.workers import worker_env
+from deploy.local.topics import TopicSet, private_topics
+from deploy.local.worker_process import WorkerProcess, wait_assigned
 from producer.contracts import VideoRequest
 
 VERDICT_TIMEOUT_S = 1800.0
@@ -24,7 +26,7 @@ VERDICT_TIMEOUT_S = 1800.0
 @dataclass
 class Fleet:
     workers: list[WorkerProcess]
-    topics: Topics
+    topics: TopicSet
     partitions: int
     submitter: Submitter
     collector: VerdictCollector
@@ -42,8 +44,13 @@ class Fleet:
         return arrivals
 
     def peak_rss_mib(self) -> float | None:
-        peaks = [w.peak_rss_mib() for w in self.workers]
+        peaks = [peak_rss_mib(w.pid) for w in self.workers]
         return None if None in peaks else sum(p for p in peaks if p is not None)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time used so far by all worker processes together."""
+        used = [cpu_seconds(w.pid) for w in self.workers]
+        return None if None in used else sum(u for u in used if u is not None)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Small measuring helpers: latency percentiles, throughput and peak resident memory."""
+"""Small measuring helpers: latency percentiles, throughput, CPU time and resident memory."""
 
 from __future__ import annotations
 
@@ -34,6 +34,25 @@ def throughput(videos: int, frames: int, elapsed_s: float) -> dict[str, float]:
         "videos_per_s": round(videos / elapsed_s, 4) if elapsed_s > 0 else 0.0,
         "frames_per_s": round(frames / elapsed_s, 3) if elapsed_s > 0 else 0.0,
     }
+
+
+def cpu_seconds(pid: int | str = "self") -> float | None:
+    """User + system CPU time of a live process, all its threads together (/proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # from field 3 (state) on; utime and stime: 14, 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_figures(cpu_s: float | None, frames: int) -> dict[str, float | None]:
+    """CPU seconds spent on a timed span and per frame: the work done, whatever the wall clock
+    shows on a machine shared with other jobs."""
+    if cpu_s is None:
+        return {"cpu_s": None, "cpu_ms_per_frame": None}
+    per_frame = round(cpu_s * 1000 / frames, 1) if frames else None
+    return {"cpu_s": round(cpu_s, 2), "cpu_ms_per_frame": per_frame}
 
 
 def status_kib(field: str, pid: int | str = "self") -> int | None:

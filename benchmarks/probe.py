@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -141,14 +142,14 @@ def run_research(args: argparse.Namespace) -> dict[str, Any]:
     loaded_rss = rss_mib()
     research_video(detector, args.warmup, args.scratch / "warmup", args.threads)
     latencies, frames = [], 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_time()
     for index, video in enumerate(args.videos):
         begun = time.perf_counter()
         frames += research_video(detector, video, args.scratch / str(index), args.threads)
         latencies.append(time.perf_counter() - begun)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu_s = time.perf_counter() - started, _cpu_time() - cpu_started
     shutil.rmtree(args.scratch, ignore_errors=True)
-    return _result(latencies, frames, elapsed, loaded_rss)
+    return _result(latencies, frames, elapsed, loaded_rss) | {"cpu_s": cpu_s}
 
 
 def run_bare(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,19 +157,21 @@ def run_bare(args: argparse.Namespace) -> dict[str, Any]:
     loaded_rss = rss_mib()
     decoded = [detector.decode(video) for video in [args.warmup, *args.videos]]
     bare_video(detector, decoded[0].frames, decoded[0].timestamps_s)
+    tags = {"dtype": detector.spec.backbone.dtype}
     if args.pooled:
+        cpu_started = _cpu_time()
         done = bare_pooled(detector, decoded[1:], args.pooled)
         latencies = [seconds for _, seconds in done]
         result = _result(latencies, sum(f for f, _ in done), max(latencies), loaded_rss)
-        return result | {"dtype": detector.spec.backbone.dtype}
+        return result | tags | {"cpu_s": _cpu_time() - cpu_started}
     latencies, frames = [], 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_time()
     for video in decoded[1:]:
         begun = time.perf_counter()
         frames += bare_video(detector, video.frames, video.timestamps_s)
         latencies.append(time.perf_counter() - begun)
-    elapsed = time.perf_counter() - started
-    return _result(latencies, frames, elapsed, loaded_rss) | {"dtype": detector.spec.backbone.dtype}
+    elapsed, cpu_s = time.perf_counter() - started, _cpu_time() - cpu_started
+    return _result(latencies, frames, elapsed, loaded_rss) | tags | {"cpu_s": cpu_s}
 
 
 def run_predict(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,6 +185,12 @@ def run_predict(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_after_load_mib": loaded_peak,
         "last_timestamp_s": prediction.timestamps_s[-1],
     }
+
+
+def _cpu_time() -> float:
+    """CPU seconds used so far by this process (all threads) and its waited-for children."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def _result(

@@ -13,6 +13,8 @@ TABLE_KEYS = (
     "p50_ms",
     "p95_ms",
     "p99_ms",
+    "cpu_ms_per_frame",
+    "load1",
     "peak_rss_mib",
     "elapsed_s",
 )

@@ -12,25 +12,19 @@ Under `CI=true` a skipped integration test fails the run.
 
 from __future__ import annotations
 
-import logging
 import os
-import uuid
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from deploy.local import LocalStack
-from producer.contracts import DLQ_TOPIC, REQUESTS_TOPIC, VERDICTS_TOPIC
+from deploy.local.topics import TopicSet, private_topics
 from producer.topics import create_topics
 
 pytest_plugins = ("pytester",)
-
-log = logging.getLogger(__name__)
 
 KAFKA_ENV = "DFD_TEST_KAFKA_BOOTSTRAP"
 REDIS_ENV = "DFD_TEST_REDIS_URL"
@@ -43,19 +37,6 @@ SERVICE_FIXTURES = frozenset(
 class Services:
     kafka_bootstrap: str
     redis_url: str
-
-
-@dataclass(frozen=True)
-class TopicSet:
-    """Request, verdict and dead-letter topics private to one test."""
-
-    requests: str
-    verdicts: str
-    dlq: str
-
-    @property
-    def names(self) -> list[str]:
-        return [self.requests, self.verdicts, self.dlq]
 
 
 def _in_ci() -> bool:
@@ -132,25 +113,12 @@ def redis_url(services: Services) -> str:
 @pytest.fixture
 def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., TopicSet]]:
     """`make(partitions=4)` creates a fresh TopicSet; all are deleted after the test."""
-    made: list[str] = []
+    with ExitStack() as made:
 
-    def make(partitions: int = 4) -> TopicSet:
-        suffix = uuid.uuid4().hex[:12]
-        topics = TopicSet(
-            *(f"{name}-{suffix}" for name in (REQUESTS_TOPIC, VERDICTS_TOPIC, DLQ_TOPIC))
-        )
-        made.extend(topics.names)
-        create_topics(kafka_bootstrap, partitions=partitions, topics=topics.names)
-        return topics
+        def make(partitions: int = 4) -> TopicSet:
+            return made.enter_context(private_topics(kafka_bootstrap, partitions))
 
-    yield make
-    if made:
-        futures = AdminClient({"bootstrap.servers": kafka_bootstrap}).delete_topics(made)
-        for name, future in futures.items():
-            try:
-                future.result(timeout=30)
-            except KafkaException as exc:
-                log.warning("could not delete test topic %s: %s", name, exc)
+        yield make
 
 
 @pytest.fixture

@@ -35,3 +35,9 @@ class FetchFailed(LocalStackError):
     """Maven could not copy the Kafka jars."""
 
     code = "FETCH_FAILED"
+
+
+class WorkerFailed(LocalStackError):
+    """A worker subprocess exited, did not become ready, or a wait for it timed out."""
+
+    code = "WORKER_FAILED"

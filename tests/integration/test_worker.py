@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from deploy import check
+from deploy.local.topics import TopicSet, private_topics
+from deploy.local.worker_process import WorkerProcess
 from models.errors import PipelineError
 from models.pipeline import Detector
 from producer.contracts import ErrorCode, VideoRequest
-from producer.topics import create_topics
 from tests.checkpoints import make_checkpoint
 from tests.integration.workers import (
     VerdictLog,
-    WorkerProcess,
     publish,
     publish_raw,
     read_topic,
@@ -53,17 +53,10 @@ FAMILIES = (
 )
 
 
-@dataclass(frozen=True)
-class Topics:
-    requests: str
-    verdicts: str
-    dlq: str
-
-
 @dataclass
 class Served:
     worker: WorkerProcess
-    topics: Topics
+    topics: TopicSet
     bootstrap: str
     clips: list[Path]
     root: Path
@@ -79,25 +72,21 @@ def served(
     checkpoint = make_checkpoint(base / "tiny.pt")
     root = base / "videos"
     clips = write_clips(root, 12, salt=uuid.uuid4().int % 10_000)
-    suffix = unique("w")
-    topics = Topics(f"req-{suffix}", f"ver-{suffix}", f"dlq-{suffix}")
-    create_topics(
-        kafka_bootstrap, partitions=2, topics=[topics.requests, topics.verdicts, topics.dlq]
-    )
-    env = worker_env(
-        kafka_bootstrap, topics, unique("group"), checkpoint, [root], redis_url=redis_url
-    )
-    worker = WorkerProcess("solo", base / "logs", env)
-    verdicts = VerdictLog(kafka_bootstrap, topics.verdicts)
-    try:
-        worker.wait_ready()
-        yield Served(
-            worker, topics, kafka_bootstrap, clips, root, Detector.load(checkpoint), verdicts
+    with private_topics(kafka_bootstrap, partitions=2) as topics:
+        env = worker_env(
+            kafka_bootstrap, topics, unique("group"), checkpoint, [root], redis_url=redis_url
         )
-    finally:
-        verdicts.close()
-        if worker.popen.poll() is None:
-            worker.kill()
+        worker = WorkerProcess("solo", base / "logs", env)
+        verdicts = VerdictLog(kafka_bootstrap, topics.verdicts)
+        try:
+            worker.wait_ready()
+            yield Served(
+                worker, topics, kafka_bootstrap, clips, root, Detector.load(checkpoint), verdicts
+            )
+        finally:
+            verdicts.close()
+            if worker.popen.poll() is None:
+                worker.kill()
 
 
 def expected_code(detector: Detector, path: Path) -> str:
@@ -164,9 +153,14 @@ def test_same_videos_again_hit_the_cache(served: Served) -> None:
     publish(served.bootstrap, served.topics.requests, again)
     after = served.verdicts.wait_for(r.request_id for r in again)
     for old, new in zip(first, again, strict=True):
-        assert after[new.request_id].cache == "hit"
-        assert after[new.request_id].fake_probability == pytest.approx(
-            before[old.request_id].fake_probability, abs=1e-6
+        hit, earlier = after[new.request_id], before[old.request_id]
+        assert hit.cache == "hit"
+        assert "classify" not in hit.timings_ms  # the prediction itself came from the cache
+        assert hit.fake_probability == earlier.fake_probability  # exactly
+        assert (hit.members, hit.frames, hit.label) == (
+            earlier.members,
+            earlier.frames,
+            earlier.label,
         )
     assert served.worker.metric("dfd_cache_hits_total") == hits + len(again)
     assert served.worker.metric("dfd_cache_misses_total") == misses

@@ -12,16 +12,14 @@ from typing import Any
 import pytest
 
 from deploy.local.ports import free_port
+from deploy.local.worker_process import REPO, WorkerProcess, wait_until
 from tests.checkpoints import make_checkpoint
 from tests.integration.workers import (
-    REPO,
     VerdictLog,
-    WorkerProcess,
     committed_offsets,
     publish,
     requests_for,
     unique,
-    wait_until,
     worker_env,
     write_clips,
 )

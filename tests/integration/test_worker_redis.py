@@ -9,10 +9,10 @@ import pytest
 
 from deploy.local.ports import free_port
 from deploy.local.redis_node import RedisNode
+from deploy.local.worker_process import WorkerProcess
 from tests.checkpoints import make_checkpoint
 from tests.integration.workers import (
     VerdictLog,
-    WorkerProcess,
     publish,
     requests_for,
     unique,

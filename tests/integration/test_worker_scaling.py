@@ -7,14 +7,13 @@ from typing import Any
 
 import pytest
 
+from deploy.local.worker_process import WorkerProcess, wait_until
 from tests.checkpoints import make_checkpoint
 from tests.integration.workers import (
     VerdictLog,
-    WorkerProcess,
     publish,
     requests_for,
     unique,
-    wait_until,
     worker_env,
     write_clips,
 )

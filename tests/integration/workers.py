@@ -1,36 +1,29 @@
-"""Helpers for the worker integration tests: clips, worker subprocesses, topic readers.
+"""Helpers for the worker integration tests: clips, worker settings, topic readers.
 
-Workers run as real `python -m worker` processes (so SIGTERM and SIGKILL are real), configured
+Workers run as real `python -m worker` processes (`deploy.local.worker_process`), configured
 through `DFD_*` environment variables only.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 from skimage import data
 from skimage.transform import resize
 
-from deploy.local.ports import free_port
+from deploy.local import worker_process
+from deploy.local.worker_process import wait_until
 from producer.client import RequestPublisher, VerdictReader
 from producer.contracts import Verdict, VideoRequest
 from tests.videos import make_video
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 180.0  # upper bound for anything to happen on a loaded 2-core machine
 
 
@@ -76,124 +69,14 @@ def requests_for(paths: Iterable[Path], prefix: str) -> list[VideoRequest]:
     ]
 
 
-class WorkerProcess:
-    """One `python -m worker` subprocess with its own metrics port and log file."""
-
-    def __init__(self, name: str, log_dir: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.port = free_port()
-        self.log_path = log_dir / f"{name}.log"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "OMP_NUM_THREADS": "1",
-            "DFD_WORKER_ID": name,
-            "DFD_METRICS_HOST": "127.0.0.1",
-            "DFD_METRICS_PORT": str(self.port),
-            **env,
-        }
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "worker"],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def get(self, path: str) -> tuple[int, str]:
-        """Status and body of GET http://127.0.0.1:<port><path>."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as reply:
-                return reply.status, reply.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def wait_ready(self, timeout_s: float = WAIT_S) -> None:
-        wait_until(lambda: self._ready(), timeout_s, f"{self.name} ready")
-
-    def _ready(self) -> bool:
-        if self.popen.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()}")
-        try:
-            return self.get("/readyz")[0] == 200
-        except OSError:
-            return False
-
-    def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics (parsed by prometheus_client), keyed `name{k="v",...}`."""
-        status, body = self.get("/metrics")
-        assert status == 200
-        samples = {}
-        for family in text_string_to_metric_families(body):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}"] = sample.value
-        return samples
-
-    def metric(self, sample: str, /, **labels: str) -> float:
-        key = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        return self.metrics().get(f"{sample}{{{key}}}", 0.0)
-
-    def terminate(self, timeout_s: float = WAIT_S) -> int:
-        self.popen.send_signal(signal.SIGTERM)
-        return self.popen.wait(timeout_s)
-
-    def kill(self) -> None:
-        self.popen.kill()
-        self.popen.wait(WAIT_S)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-20_000:]
-
-    def log_records(self) -> list[dict[str, object]]:
-        records = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                records.append(json.loads(line))
-        return records
-
-
-def worker_env(
-    bootstrap: str,
-    topics: object,
-    group: str,
-    checkpoint: Path,
-    roots: Iterable[Path],
-    **extra: str,
-) -> dict[str, str]:
-    """The `DFD_*` environment of a test worker (fast group membership, small batches)."""
-    return {
-        "DFD_BOOTSTRAP_SERVERS": bootstrap,
-        "DFD_REQUESTS_TOPIC": topics.requests,  # type: ignore[attr-defined]
-        "DFD_VERDICTS_TOPIC": topics.verdicts,  # type: ignore[attr-defined]
-        "DFD_DLQ_TOPIC": topics.dlq,  # type: ignore[attr-defined]
-        "DFD_GROUP_ID": group,
-        "DFD_CHECKPOINT": str(checkpoint),
-        "DFD_ALLOWED_ROOTS": ",".join(str(root) for root in roots),
-        "DFD_MAX_WAIT_MS": "5",
-        "DFD_MAX_BATCH_FRAMES": "32",
-        "DFD_LAG_INTERVAL_S": "1",
-        "DFD_LOG_FORMAT": "json",
-        "DFD_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "DFD_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-        **{f"DFD_{key.upper()}": value for key, value in extra.items()},
-    }
+worker_env = partial(
+    worker_process.worker_env, max_wait_ms="5", max_batch_frames="32", lag_interval_s="1"
+)
+"""`deploy.local.worker_process.worker_env` with small batches, short waits, quick lag updates."""
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout_s` (a bound, not a
-    measurement)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.2)
 
 
 def publish(bootstrap: str, topic: str, requests: Iterable[VideoRequest]) -> None:
