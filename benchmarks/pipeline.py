@@ -2,9 +2,11 @@
 
 (a) research: ffmpeg writes every 30th frame as JPEG, PIL loads them, face crops and one ResNet50
     forward per video, then the ensemble, in float32 (as the notebooks ran it);
-(b) worker: `python -m worker` end to end over Kafka (submit -> verdict), real local stack;
-(c) bare: face detector, backbone and heads on frames already in memory, at the worker's dtype,
-    with frames pooled across videos as the worker batches them, one stage after the other.
+(b) worker: `python -m worker` end to end over Kafka (submit -> verdict), real local stack, with
+    its backbone compiled (`DFD_COMPILE_BACKBONE=true`);
+(c) bare: face detector, backbone and heads on frames already in memory, at the worker's dtype
+    and with its compiled backbone, frames pooled across videos as the worker batches them, one
+    stage after the other.
 
 The arms run interleaved (a, c, b, a, c, b, ...), each repeat on its own set of videos so that
 the worker misses its cache every time, and the report gives each arm's median repeat: other jobs
@@ -13,7 +15,8 @@ reports the CPU seconds it used per frame (the work done, whatever share of the 
 (a) and (c) run with one torch thread and with one per core, and the ratios use the faster: on
 an oversubscribed machine a multi-threaded OpenMP team on the main thread can burn several times
 the CPU of one thread at its barriers (the worker computes in its batcher threads). A last arm
-runs (c) once in float32 to show what the compute dtype buys on this CPU.
+runs (c) uncompiled, in the worker's dtype and in float32, to show what the compilation and the
+compute dtype buy on this CPU.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def run(ctx: Context) -> Report:
     sets = [videos[1 + r * count : 1 + (r + 1) * count] for r in range(repeats)]
     common = ["--checkpoint", checkpoint, "--warmup", warmup]
     pooled = ["--pooled", str(MAX_BATCH_FRAMES)]
+    compiled = [*pooled, "--compile"]
     research, bare, worker = "a_research_fp32", f"c_bare_{ctx.dtype}_pooled", "b_worker_e2e"
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
@@ -112,7 +116,13 @@ def run(ctx: Context) -> Report:
 
     with (
         open_services(ctx.workdir, ctx.kafka, ctx.redis_url) as services,
-        fleet(services, checkpoint, [videos[0].parent.parent], ctx.workdir / "logs") as workers,
+        fleet(
+            services,
+            checkpoint,
+            [videos[0].parent.parent],
+            ctx.workdir / "logs",
+            compile_backbone="true",
+        ) as workers,
     ):
         workers.burst(requests_for([warmup], f"warmup-{uuid.uuid4().hex[:8]}"))
         for index, timed in enumerate(sets):
@@ -120,13 +130,23 @@ def run(ctx: Context) -> Report:
                 scratch = ctx.workdir / f"jpeg{index}-{threads}"
                 probe(research, threads, "research", "--scratch", scratch, *timed)
             for threads in thread_counts:
-                probe(bare, threads, "bare", *pooled, *timed)
+                probe(bare, threads, "bare", *compiled, *timed)
             load1 = _load1()
             runs[worker].append(_worker_figures(workers, timed, f"p{index}") | {"load1": load1})
         workers_rss = workers.peak_rss_mib()
+    for threads in thread_counts:
+        probe(f"c_bare_{ctx.dtype}_pooled_eager", threads, "bare", *pooled, *sets[0])
     if ctx.dtype != "float32":
         for threads in thread_counts:
-            probe("c_bare_float32_pooled", threads, "bare", *pooled, "--dtype", "float32", *sets[0])
+            probe(
+                "c_bare_float32_pooled_eager",
+                threads,
+                "bare",
+                *pooled,
+                "--dtype",
+                "float32",
+                *sets[0],
+            )
     for arm, arm_runs in runs.items():
         report.results[arm] = _median_run(arm_runs)
     report.results[worker]["peak_rss_mib"] = workers_rss
@@ -141,9 +161,13 @@ def run(ctx: Context) -> Report:
             report.results[worker]["cpu_ms_per_frame"],
         ),
     }
+    eager = report.results[_best(report.results, f"c_bare_{ctx.dtype}_pooled_eager")]
+    report.ratios["compiled/eager bare pooled videos_per_s"] = ratio(c, eager["videos_per_s"])
     if ctx.dtype != "float32":
-        fp32 = report.results[_best(report.results, "c_bare_float32_pooled")]["videos_per_s"]
-        report.ratios[f"{ctx.dtype}/float32 bare pooled videos_per_s"] = ratio(c, fp32)
+        fp32 = report.results[_best(report.results, "c_bare_float32_pooled_eager")]
+        report.ratios[f"{ctx.dtype}/float32 bare pooled eager videos_per_s"] = ratio(
+            eager["videos_per_s"], fp32["videos_per_s"]
+        )
     report.targets = [
         target("worker e2e / bare compute (videos/s)", report.ratios["b/c videos_per_s"], 0.85),
         target("worker / research-style (videos/s)", report.ratios["b/a videos_per_s"], 3.0),
@@ -159,6 +183,8 @@ def run(ctx: Context) -> Report:
             )
     report.notes.append(
         "random-init ResNet50/members (timing only: same compute as trained weights); "
+        "b and c compile the backbone (torch.compile, inductor, frozen weights), a runs eager "
+        "as the notebooks did; "
         f"each arm's median of {repeats} interleaved repeats (repeats_* list them all); "
         "a and c run with 1 torch thread and with one per core (_t<n>), and the ratios use the "
         "faster of the two; "

@@ -2,7 +2,7 @@
 
     python -m benchmarks.probe research --checkpoint C --threads T --scratch DIR --warmup V VIDEO...
     python -m benchmarks.probe bare --checkpoint C --threads T [--dtype D] [--pooled N] \
-        --warmup V VIDEO...
+        [--compile] --warmup V VIDEO...
     python -m benchmarks.probe predict --checkpoint C --threads T VIDEO
 
 Each prints one JSON line: per-video latencies (s), frames, elapsed time and RSS figures.
@@ -35,10 +35,21 @@ from models.spec import ComputeDtype
 from models.video import DecodedVideo
 
 
-def load_detector(checkpoint: Path, dtype: ComputeDtype | None = None) -> Detector:
-    """The checkpoint's detector, its backbone computing in `dtype` when given."""
+def load_detector(
+    checkpoint: Path, dtype: ComputeDtype | None = None, *, compile_backbone: bool = False
+) -> Detector:
+    """The checkpoint's detector, its backbone computing in `dtype` when given, warmed up (and
+    compiled with `compile_backbone`) as the worker does before it turns ready."""
+    detector = _loaded_detector(checkpoint, dtype, compile_backbone)
+    detector.warm_up()
+    return detector
+
+
+def _loaded_detector(
+    checkpoint: Path, dtype: ComputeDtype | None, compile_backbone: bool
+) -> Detector:
     if dtype is None:
-        return Detector.load(checkpoint)
+        return Detector.load(checkpoint, compile_backbone=compile_backbone)
     loaded = load_checkpoint(checkpoint)
     spec = loaded.spec.model_copy(
         update={"backbone": loaded.spec.backbone.model_copy(update={"dtype": dtype})}
@@ -47,7 +58,7 @@ def load_detector(checkpoint: Path, dtype: ComputeDtype | None = None) -> Detect
     ensemble = Ensemble(spec.ensemble, spec.feature_dim, temperature=spec.temperature)
     for name, state in loaded.member_states.items():
         ensemble.member(name).load_state_dict(state)
-    return Detector(spec, backbone, ensemble)
+    return Detector(spec, backbone, ensemble, compile_backbone=compile_backbone)
 
 
 def extract_jpegs(video: Path, out: Path, threads: int) -> list[Path]:
@@ -153,11 +164,11 @@ def run_research(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_bare(args: argparse.Namespace) -> dict[str, Any]:
-    detector = load_detector(args.checkpoint, args.dtype)
+    detector = load_detector(args.checkpoint, args.dtype, compile_backbone=args.compile)
     loaded_rss = rss_mib()
     decoded = [detector.decode(video) for video in [args.warmup, *args.videos]]
     bare_video(detector, decoded[0].frames, decoded[0].timestamps_s)
-    tags = {"dtype": detector.spec.backbone.dtype}
+    tags = {"dtype": detector.spec.backbone.dtype, "compiled": args.compile}
     if args.pooled:
         cpu_started = _cpu_time()
         done = bare_pooled(detector, decoded[1:], args.pooled)
@@ -224,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             command.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
             command.add_argument(
                 "--pooled", type=int, default=0, help="pool frames across videos up to N"
+            )
+            command.add_argument(
+                "--compile", action="store_true", help="torch.compile the backbone, as the worker"
             )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

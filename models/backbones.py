@@ -137,6 +137,10 @@ class FrameEmbedder:
     """Batched ``[N, 3, S, S]`` uint8 crops -> ``[N, D]`` float32 CPU features.
 
     Moves ``module`` to ``device`` (in place). On CPU, the same input gives bit-identical output.
+    With ``compile``, the backbone runs through ``torch.compile`` (inductor, weights frozen, so
+    BatchNorm folds into the convolutions; batch size dynamic, so one compilation serves every
+    batch): the first call compiles (tens of seconds on CPU, which needs a C++ compiler); call
+    `warm_up` before serving. Compiled features equal eager ones up to the compute dtype's rounding.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class FrameEmbedder:
         device: torch.device | str = "cpu",
         *,
         max_batch: int = 64,
+        compile: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
@@ -155,6 +160,12 @@ class FrameEmbedder:
         self._autocast_dtype = _autocast_dtype(spec.dtype, self.device)
         self._memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         self.module = module.to(self.device, memory_format=self._memory_format).eval()
+        self.compiled = compile
+        self._network: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(self.module, dynamic=True, options={"freezing": True})
+            if compile
+            else self.module
+        )
         self._mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
 
@@ -175,7 +186,15 @@ class FrameEmbedder:
             ]
         return torch.cat(parts)
 
+    def warm_up(self) -> None:
+        """Run one small batch, so a compiled backbone compiles now rather than on a request."""
+        size = self.spec.input_size
+        self.embed(torch.zeros((2, 3, size, size), dtype=torch.uint8))
+
     def _forward(self, crops: torch.Tensor) -> torch.Tensor:
+        single = self.compiled and len(crops) == 1
+        if single:  # a batch of one would specialise the compiled graph: run it as a pair
+            crops = crops.expand(2, -1, -1, -1)
         pixels = crops.to(self.device, non_blocking=True).float().div_(255.0)
         size = self.spec.input_size
         if pixels.shape[-2:] != (size, size):
@@ -185,8 +204,8 @@ class FrameEmbedder:
         pixels = ((pixels - self._mean) / self._std).contiguous(memory_format=self._memory_format)
         enabled = self._autocast_dtype is not None
         with torch.autocast(self.device.type, dtype=self._autocast_dtype, enabled=enabled):
-            features = self.module(pixels)
-        return features.float().cpu()
+            features = self._network(pixels)
+        return features[:1].float().cpu() if single else features.float().cpu()
 
 
 def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:

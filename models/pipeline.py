@@ -87,6 +87,7 @@ class Detector:
         device: torch.device | str = "cpu",
         *,
         decode_limits: DecodeLimits | None = None,
+        compile_backbone: bool = False,
     ) -> None:
         if ensemble.spec != spec.ensemble or ensemble.input_dim != spec.feature_dim:
             raise ValueError("the ensemble was not built from this spec's ensemble and feature dim")
@@ -99,7 +100,9 @@ class Detector:
         self.device = torch.device(device)
         self.decode_limits = decode_limits or spec.decode
         self._cropper = FaceCropper(spec.face, spec.backbone.input_size, self.device)
-        self._embedder = FrameEmbedder(spec.backbone, backbone, self.device)
+        self._embedder = FrameEmbedder(
+            spec.backbone, backbone, self.device, compile=compile_backbone
+        )
         self._ensemble = ensemble.to(self.device).eval()
 
     @classmethod
@@ -109,8 +112,10 @@ class Detector:
         device: torch.device | str = "cpu",
         *,
         decode_limits: DecodeLimits | None = None,
+        compile_backbone: bool = False,
     ) -> Detector:
-        """The detector stored in a checkpoint (raises `CheckpointError` when it is unusable)."""
+        """The detector stored in a checkpoint (raises `CheckpointError` when it is unusable);
+        `compile_backbone`: see `FrameEmbedder` (call `warm_up` before serving)."""
         loaded = load_checkpoint(path)
         spec = loaded.spec
         backbone = build_backbone(spec.backbone, state_dict=loaded.backbone_state)
@@ -120,7 +125,14 @@ class Detector:
         logger.info(
             "loaded %s v%s (spec_hash %s) from %s", spec.name, spec.version, spec.spec_hash, path
         )
-        return cls(spec, backbone, ensemble, device, decode_limits=decode_limits)
+        return cls(
+            spec,
+            backbone,
+            ensemble,
+            device,
+            decode_limits=decode_limits,
+            compile_backbone=compile_backbone,
+        )
 
     @cached_property
     def model_digest(self) -> str:
@@ -202,6 +214,16 @@ class Detector:
             )
             for i, (item, probability) in enumerate(zip(batch, probabilities, strict=True))
         ]
+
+    def warm_up(self) -> None:
+        """Run every model stage once on a blank frame: the first face detection, the backbone's
+        compilation (with `compile_backbone`) and the first ensemble call happen here, not in the
+        first request's latency."""
+        size = self.spec.backbone.input_size
+        self.crop_faces([np.zeros((size, size, 3), dtype=np.uint8)])
+        self._embedder.warm_up()
+        features = torch.zeros((1, self.spec.feature_dim), dtype=torch.float32)
+        self.classify([VideoFeatures(features, [0.0], sampled=1, with_face=0)])
 
     def predict_file(self, source: Source, *, threads: int = 0) -> Prediction:
         """The whole pipeline on one video (the same stages the worker runs)."""

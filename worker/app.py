@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -80,11 +81,21 @@ def load_detector(settings: WorkerSettings) -> Detector:
     if not path.is_file():
         raise StartupError(f"checkpoint not found: {path}")
     try:
-        detector = Detector.load(path, settings.device)
+        detector = Detector.load(path, settings.device, compile_backbone=settings.compile_backbone)
     except (CheckpointError, WeightsError) as exc:
         raise StartupError(f"cannot load checkpoint {path}: {exc}") from None
     detector.decode_limits = settings.decode_limits(detector.spec.decode)
     return detector
+
+
+def warm_up(detector: Detector) -> float:
+    """Run the model stages once (compiling the backbone if asked); returns the seconds taken."""
+    started = time.perf_counter()
+    try:
+        detector.warm_up()
+    except Exception as exc:  # a failed compilation or device error must stop the start, clearly
+        raise StartupError(f"model warm-up failed: {type(exc).__name__}: {exc}") from None
+    return time.perf_counter() - started
 
 
 def build_cache(settings: WorkerSettings, metrics: Metrics) -> ResilientCache:
@@ -147,6 +158,14 @@ class WorkerApp:
                     "version": spec.version,
                     "spec_hash": spec.spec_hash,
                     "model_digest": detector.model_digest,
+                },
+            )
+            self._phase = "warming up the model"
+            log.info(
+                "model warmed up",
+                extra={
+                    "seconds": round(warm_up(detector), 3),
+                    "compiled_backbone": settings.compile_backbone,
                 },
             )
             processor = VideoProcessor(

@@ -85,6 +85,12 @@ class WorkerSettings(BaseSettings):
     # Model and compute
     checkpoint: Path = Field(description="Checkpoint file of the detector (required).")
     device: str = Field("cpu", description="Torch device, e.g. cpu, cuda, cuda:1.")
+    compile_backbone: bool = Field(
+        False,
+        description="torch.compile the backbone (inductor, frozen weights) during the warm-up "
+        "before /readyz: faster frames for a one-off compilation (about 20-30 s on 2 CPU cores; "
+        "on CPU it needs a C++ compiler).",
+    )
     max_batch_frames: PositiveInt = Field(
         256, description="Most frames per face-crop / backbone batch, shared across videos."
     )

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.app import WorkerApp
+from models.pipeline import Detector
+from worker.app import WorkerApp, warm_up
+from worker.consumer import StartupError
 from worker.settings import WorkerSettings
 
 
@@ -27,3 +29,13 @@ def test_not_ready_before_the_model_loads(tmp_path: Path) -> None:
         assert b"starting" in answer.value.read()
     finally:
         app._health.stop()
+
+
+def test_a_failed_warm_up_stops_the_start_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(_detector: Detector) -> None:
+        raise RuntimeError("no compiler found")
+
+    monkeypatch.setattr(Detector, "warm_up", fail)
+    detector = Detector.__new__(Detector)
+    with pytest.raises(StartupError, match="warm-up failed: RuntimeError: no compiler found"):
+        warm_up(detector)

@@ -226,3 +226,17 @@ def test_bfloat16_is_close_to_float32() -> None:
     assert not torch.equal(bf16, reference)
     similarity = torch.nn.functional.cosine_similarity(bf16, reference)
     assert bool((similarity > 0.99).all())
+
+
+def test_compiled_backbone_matches_eager_for_every_batch_size() -> None:
+    spec = spec_for("resnet50")
+    module = build_backbone(spec)
+    eager = FrameEmbedder(spec, module)
+    compiled = FrameEmbedder(spec, build_backbone(spec), compile=True)
+    compiled.warm_up()
+    for n in (1, 3, 5):
+        batch = crops(n, seed=n)
+        reference, features = eager.embed(batch), compiled.embed(batch)
+        assert features.shape == reference.shape == (n, spec.feature_dim)
+        assert features.dtype == torch.float32
+        torch.testing.assert_close(features, reference, rtol=1e-3, atol=1e-3)

@@ -117,6 +117,13 @@ def test_loading_twice_gives_identical_predictions(files: dict[str, Path]) -> No
     assert first == second
 
 
+def test_warm_up_leaves_predictions_unchanged(files: dict[str, Path]) -> None:
+    cold = Detector.load(files["checkpoint"]).predict_file(files["noise_b"])
+    warmed = Detector.load(files["checkpoint"])
+    warmed.warm_up()
+    assert warmed.predict_file(files["noise_b"]) == cold
+
+
 def test_in_memory_detector_matches_the_loaded_one(
     detector: Detector, files: dict[str, Path]
 ) -> None:
