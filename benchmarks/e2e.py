@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -64,17 +65,26 @@ def fleet(
     partitions: int = 4,
     torch_threads: int | None = None,
     use_redis: bool = True,
+    pin_cores: bool = False,
     **settings: str,
 ) -> Iterator[Fleet]:
-    """`workers` ready worker processes sharing fresh topics, all partitions assigned."""
+    """`workers` ready worker processes sharing fresh topics, all partitions assigned; with
+    `pin_cores`, worker i runs on CPU core i only (modulo the core count)."""
     group = f"bench-{uuid.uuid4().hex[:10]}"
     redis_url = services.redis_url if use_redis else None
     with private_topics(services.kafka_bootstrap, partitions) as topics:
         env = worker_env(
             services.kafka_bootstrap, topics, group, checkpoint, roots, redis_url, **settings
         )
+        cores = os.cpu_count() or 1
         started = [
-            WorkerProcess(f"{group}-w{index}", log_dir, env, torch_threads=torch_threads)
+            WorkerProcess(
+                f"{group}-w{index}",
+                log_dir,
+                env,
+                torch_threads=torch_threads,
+                cpus=(index % cores,) if pin_cores else (),
+            )
             for index in range(workers)
         ]
         collector: VerdictCollector | None = None

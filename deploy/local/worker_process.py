@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -67,10 +67,17 @@ class WorkerProcess:
     """One `python -m worker` subprocess with its own metrics port and log file.
 
     `torch_threads` sets `OMP_NUM_THREADS` (None leaves the default); `env` wins over everything.
+    `cpus` pins the process and all its threads to those CPU cores (`taskset`, Linux).
     """
 
     def __init__(
-        self, name: str, log_dir: Path, env: dict[str, str], *, torch_threads: int | None = 1
+        self,
+        name: str,
+        log_dir: Path,
+        env: dict[str, str],
+        *,
+        torch_threads: int | None = 1,
+        cpus: Sequence[int] = (),
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -87,8 +94,9 @@ class WorkerProcess:
             **env,
         }
         with self.log_path.open("ab") as log:
+            pinned = ["taskset", "--cpu-list", ",".join(map(str, cpus))] if cpus else []
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "worker"],
+                [*pinned, sys.executable, "-m", "worker"],
                 cwd=REPO,
                 env=self.env,
                 stdout=log,
