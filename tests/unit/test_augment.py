@@ -54,17 +54,20 @@ def test_shapes_and_positions(seed: int) -> None:
     assert view.positions[-1] - view.positions[0] + 1 >= 1
 
 
+NO_AUGMENTATION = AugmentSpec(
+    flip_p=0,
+    brightness=0,
+    contrast=0,
+    saturation=0,
+    jpeg_p=0,
+    blur_p=0,
+    min_keep_fraction=1.0,
+    drop_p=0,
+)
+
+
 def test_identity_spec_keeps_everything() -> None:
-    spec = AugmentSpec(
-        flip_p=0,
-        brightness=0,
-        contrast=0,
-        saturation=0,
-        jpeg_p=0,
-        blur_p=0,
-        min_keep_fraction=1.0,
-        drop_p=0,
-    )
+    spec = NO_AUGMENTATION
     crops = _crops(5)
     view = augment_view(crops, spec, 1)
     assert view.positions == [0, 1, 2, 3, 4]
@@ -72,16 +75,7 @@ def test_identity_spec_keeps_everything() -> None:
 
 
 def test_flip_mirrors_every_frame() -> None:
-    spec = AugmentSpec(
-        flip_p=1,
-        brightness=0,
-        contrast=0,
-        saturation=0,
-        jpeg_p=0,
-        blur_p=0,
-        min_keep_fraction=1.0,
-        drop_p=0,
-    )
+    spec = NO_AUGMENTATION.model_copy(update={"flip_p": 1.0})
     crops = _crops(3)
     assert torch.equal(augment_view(crops, spec, 5).crops, crops.flip(-1))
 
