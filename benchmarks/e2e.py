@@ -69,21 +69,21 @@ def fleet(
     **settings: str,
 ) -> Iterator[Fleet]:
     """`workers` ready worker processes sharing fresh topics, all partitions assigned; with
-    `pin_cores`, worker i runs on CPU core i only (modulo the core count)."""
+    `pin_cores`, worker i runs on the i-th core this process may use (modulo their count)."""
     group = f"bench-{uuid.uuid4().hex[:10]}"
     redis_url = services.redis_url if use_redis else None
     with private_topics(services.kafka_bootstrap, partitions) as topics:
         env = worker_env(
             services.kafka_bootstrap, topics, group, checkpoint, roots, redis_url, **settings
         )
-        cores = os.cpu_count() or 1
+        cores = sorted(os.sched_getaffinity(0))
         started = [
             WorkerProcess(
                 f"{group}-w{index}",
                 log_dir,
                 env,
                 torch_threads=torch_threads,
-                cpus=(index % cores,) if pin_cores else (),
+                cpus=(cores[index % len(cores)],) if pin_cores else (),
             )
             for index in range(workers)
         ]

@@ -73,7 +73,7 @@ def run(ctx: Context) -> Report:
                 report.results[_arm(count, pinned)] = figures
     for arm in (_arm(1, True), _arm(2, True)):
         cores = list(report.results[arm]["cores"].values())
-        if not _pinned_apart(cores, os.cpu_count() or 1):
+        if not _pinned_apart(cores, len(os.sched_getaffinity(0))):
             report.failures.append(f"{arm}: workers were not pinned to distinct cores: {cores}")
     report.ratios = {
         f"2/1 videos_per_s{suffix}": ratio(
