@@ -30,6 +30,7 @@ from torchvision.models import WeightsEnum
 
 from models.errors import WeightsError
 from models.spec import BackboneSpec
+from models.transfer import to_device
 
 _ARCHS: dict[str, tuple[Callable[..., nn.Module], WeightsEnum, str]] = {
     "resnet50": (tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V2, "fc"),
@@ -134,7 +135,8 @@ def _imagenet_state_dict(weights: WeightsEnum, allow_download: bool) -> Mapping[
 
 
 class FrameEmbedder:
-    """Batched ``[N, 3, S, S]`` uint8 crops -> ``[N, D]`` float32 CPU features.
+    """Batched ``[N, 3, S, S]`` uint8 crops (on CPU or ``device``) -> ``[N, D]`` float32 CPU
+    features. CPU crops go to CUDA through pinned memory (`models.transfer.to_device`).
 
     Moves ``module`` to ``device`` (in place). On CPU, the same input gives bit-identical output.
     With ``compile``, the backbone runs through ``torch.compile`` (inductor, weights frozen, so
@@ -195,7 +197,7 @@ class FrameEmbedder:
         single = self.compiled and len(crops) == 1
         if single:  # a batch of one would specialise the compiled graph: run it as a pair
             crops = crops.expand(2, -1, -1, -1)
-        pixels = crops.to(self.device, non_blocking=True).float().div_(255.0)
+        pixels = to_device(crops, self.device).float().div_(255.0)
         size = self.spec.input_size
         if pixels.shape[-2:] != (size, size):
             pixels = F.interpolate(

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
-from facenet_pytorch.models.utils.detect_face import detect_face
 from torch import nn
 from torchvision.transforms.v2.functional import resize
 
 from models.errors import WeightsError
+from models.mtcnn import detect_faces
 from models.spec import FaceSpec
+from models.transfer import to_device
 
 Box = tuple[float, float, float, float]
 PixelBox = tuple[int, int, int, int]
@@ -43,7 +44,7 @@ PYRAMID_FACTOR = 0.709  # MTCNN's image-pyramid scale step (facenet-pytorch defa
 class FaceCrops:
     """One square crop per input frame, in input order."""
 
-    crops: torch.Tensor  # [N, 3, S, S] uint8 RGB on CPU
+    crops: torch.Tensor  # [N, 3, S, S] uint8 RGB on the cropper's device
     has_face: list[bool]
     boxes: list[Box | None]  # chosen face box (x1, y1, x2, y2) in frame pixels
 
@@ -93,9 +94,15 @@ def _load_mtcnn(device: torch.device) -> tuple[nn.Module, nn.Module, nn.Module]:
             net.load_state_dict(state)
         except (OSError, RuntimeError) as exc:
             raise WeightsError(f"cannot load MTCNN weights {file_name} from {data}: {exc}") from exc
-        nets.append(net.to(device).eval())
+        nets.append(net.to(device, memory_format=_memory_format(device)).eval())
     pnet, rnet, onet = nets
     return pnet, rnet, onet
+
+
+def _memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CPU: the same boxes, 1.5-2.4x faster (P-net's max-pooling most of all);
+    on CUDA it measured no faster."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 class FaceCropper:
@@ -110,9 +117,10 @@ class FaceCropper:
         self._nets = _load_mtcnn(self.device) if face.detector == "mtcnn" else None
 
     def crop(self, frames: Sequence[np.ndarray]) -> FaceCrops:
-        """One crop per ``H x W x 3`` uint8 RGB frame; frames may differ in size."""
+        """One crop per ``H x W x 3`` uint8 RGB frame; frames may differ in size. The crops stay
+        on the cropper's device (on CUDA: no copy back before the backbone)."""
         size = self.crop_size
-        crops = torch.zeros((len(frames), 3, size, size), dtype=torch.uint8)
+        crops = torch.zeros((len(frames), 3, size, size), dtype=torch.uint8, device=self.device)
         boxes: list[Box | None] = [None] * len(frames)
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, frame in enumerate(frames):
@@ -120,12 +128,12 @@ class FaceCropper:
             by_size[frame.shape[:2]].append(index)
         for (height, width), indices in by_size.items():
             stacked = np.stack([frames[i] for i in indices])
-            batch = torch.from_numpy(stacked).to(self.device).permute(0, 3, 1, 2)
+            batch = to_device(torch.from_numpy(stacked), self.device).permute(0, 3, 1, 2)
             found = self._find_faces(batch)
             whole = square_box((0.0, 0.0, float(width), float(height)), 0.0, width, height)
             for frame, index, box in zip(batch, indices, found, strict=True):
                 square = whole if box is None else square_box(box, self.face.margin, width, height)
-                crops[index] = crop_square(frame, square, size).cpu()
+                crops[index] = crop_square(frame, square, size)
                 boxes[index] = box
         return FaceCrops(crops=crops, has_face=[b is not None for b in boxes], boxes=boxes)
 
@@ -141,15 +149,12 @@ class FaceCropper:
         small = batch if scale == 1.0 else resize(batch, [small_h, small_w], antialias=True)
         pnet, rnet, onet = self._nets
         with torch.inference_mode():
-            detections, _ = detect_face(
-                small.permute(0, 2, 3, 1),
+            detections = detect_faces(
+                small,
                 self.face.min_face_size,
-                pnet,
-                rnet,
-                onet,
-                list(self.face.thresholds),
+                (pnet, rnet, onet),
+                self.face.thresholds,
                 PYRAMID_FACTOR,
-                self.device,
             )
         return [
             _largest_box(found, width / small_w, height / small_h, width, height)

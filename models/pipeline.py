@@ -153,7 +153,8 @@ class Detector:
         return decode_frames(source, self.spec.sampling, self.decode_limits, threads=threads)
 
     def crop_faces(self, frames: Sequence[np.ndarray]) -> FaceCrops:
-        """One `input_size` square crop per frame (frames of several videos may be pooled)."""
+        """One `input_size` square crop per frame (frames of several videos may be pooled), on
+        the detector's device."""
         return self._cropper.crop(frames)
 
     def embed(self, crops: Tensor) -> Tensor:

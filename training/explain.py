@@ -29,7 +29,7 @@ def explain_video(detector: Detector, video: Path, out: Path) -> Prediction:
         "frames with a face)"
     )
     plot_attention_strip(
-        crops.permute(0, 2, 3, 1).numpy(),
+        crops.permute(0, 2, 3, 1).cpu().numpy(),
         prediction.attention,
         prediction.timestamps_s,
         out,

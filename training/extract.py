@@ -64,7 +64,7 @@ class FeatureExtractor:
         views = [ViewFeatures(0, self.embedder.embed(crops), stamps, has_face)]
         for view in range(1, augmented + 1):
             seed = stable_seed(self.spec.seed, key, view)
-            result = augment_view(crops, self.spec.augment, seed)
+            result = augment_view(crops.cpu(), self.spec.augment, seed)
             views.append(
                 ViewFeatures(
                     view,
