@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "cache": "benchmarks.cache",
     "scaling": "benchmarks.scaling",
     "long-video": "benchmarks.long_video",
+    "stages": "benchmarks.stages",
     "drills": "benchmarks.drills",
 }
 
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, help="keep videos, checkpoints, logs here")
     parser.add_argument("--kafka", default=os.environ.get("DFD_BENCH_KAFKA_BOOTSTRAP"))
     parser.add_argument("--redis", default=os.environ.get("DFD_BENCH_REDIS_URL"))
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of the benchmarks that take one (stages)"
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -48,7 +52,9 @@ def run_benchmark(name: str, context: Context) -> Report:
     workdir = context.workdir / name
     workdir.mkdir(parents=True, exist_ok=True)
     return module.run(
-        Context(context.size, context.root, workdir, context.kafka, context.redis_url)
+        Context(
+            context.size, context.root, workdir, context.kafka, context.redis_url, context.device
+        )
     )
 
 
@@ -59,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as temporary:
         root = (args.workdir or Path(temporary)).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        context = Context(args.size, root, root, args.kafka, args.redis)
+        context = Context(args.size, root, root, args.kafka, args.redis, args.device)
         reports = []
         for name in names:
             report = run_benchmark(name, context)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from benchmarks.assets import representative_spec, smoke_spec, write_checkpoint
-from benchmarks.machine import cpu_bf16_supported, machine_info
+from benchmarks.machine import bf16_supported, machine_info
 from benchmarks.report import Report
 from deploy.local.worker_process import REPO
 from models.spec import ComputeDtype
@@ -29,11 +29,12 @@ class Context:
     workdir: Path  # this benchmark's own
     kafka: str | None = None
     redis_url: str | None = None
+    device: str = "cpu"  # torch device of the benchmarks that take one (`stages`)
 
     @property
     def dtype(self) -> ComputeDtype:
-        """The worker spec's compute dtype: bfloat16 where this CPU runs it natively."""
-        return "bfloat16" if cpu_bf16_supported() else "float32"
+        """The worker spec's compute dtype: bfloat16 where the device runs it natively."""
+        return "bfloat16" if bf16_supported(self.device) else "float32"
 
     def checkpoint(self) -> Path:
         """The benchmark checkpoint of this size (representative for `full`), made once."""
@@ -44,7 +45,7 @@ class Context:
         return path
 
     def report(self, name: str, **config: Any) -> Report:
-        return Report(name=name, size=self.size, machine=machine_info(), config=config)
+        return Report(name=name, size=self.size, machine=machine_info(self.device), config=config)
 
 
 def run_probe(*args: str | Path) -> dict[str, Any]:

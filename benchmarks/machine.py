@@ -37,10 +37,31 @@ def cpu_bf16_supported() -> bool:
     )
 
 
+def bf16_supported(device: str) -> bool:
+    """Whether `device` (cpu or cuda[:n]) computes bfloat16 natively."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_bf16_supported()
+
+
+def gpu_info(device: str) -> dict[str, Any]:
+    """The CUDA card's name, memory and the CUDA version torch was built with; empty on CPU."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return {}
+    properties = torch.cuda.get_device_properties(torch.device(device))
+    return {
+        "gpu": properties.name,
+        "gpu_memory_gib": round(properties.total_memory / 2**30, 1),
+        "gpu_multiprocessors": properties.multi_processor_count,
+        "cuda": torch.version.cuda,
+    }
+
+
 def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """CPU model, cores, torch threads, device and the software versions of this run."""
+    """CPU model, cores, torch threads, device (and its card) and the software versions."""
     flags = cpu_flags()
     return {
+        **gpu_info(device),
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -36,20 +36,24 @@ from models.video import DecodedVideo
 
 
 def load_detector(
-    checkpoint: Path, dtype: ComputeDtype | None = None, *, compile_backbone: bool = False
+    checkpoint: Path,
+    dtype: ComputeDtype | None = None,
+    *,
+    compile_backbone: bool = False,
+    device: str = "cpu",
 ) -> Detector:
-    """The checkpoint's detector, its backbone computing in `dtype` when given, warmed up (and
-    compiled with `compile_backbone`) as the worker does before it turns ready."""
-    detector = _loaded_detector(checkpoint, dtype, compile_backbone)
+    """The checkpoint's detector on `device`, its backbone computing in `dtype` when given,
+    warmed up (and compiled with `compile_backbone`) as the worker does before it turns ready."""
+    detector = _loaded_detector(checkpoint, dtype, compile_backbone, device)
     detector.warm_up()
     return detector
 
 
 def _loaded_detector(
-    checkpoint: Path, dtype: ComputeDtype | None, compile_backbone: bool
+    checkpoint: Path, dtype: ComputeDtype | None, compile_backbone: bool, device: str
 ) -> Detector:
     if dtype is None:
-        return Detector.load(checkpoint, compile_backbone=compile_backbone)
+        return Detector.load(checkpoint, device, compile_backbone=compile_backbone)
     loaded = load_checkpoint(checkpoint)
     spec = loaded.spec.model_copy(
         update={"backbone": loaded.spec.backbone.model_copy(update={"dtype": dtype})}
@@ -58,7 +62,7 @@ def _loaded_detector(
     ensemble = Ensemble(spec.ensemble, spec.feature_dim, temperature=spec.temperature)
     for name, state in loaded.member_states.items():
         ensemble.member(name).load_state_dict(state)
-    return Detector(spec, backbone, ensemble, compile_backbone=compile_backbone)
+    return Detector(spec, backbone, ensemble, device, compile_backbone=compile_backbone)
 
 
 def extract_jpegs(video: Path, out: Path, threads: int) -> list[Path]:

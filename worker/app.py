@@ -98,6 +98,19 @@ def warm_up(detector: Detector) -> float:
     return time.perf_counter() - started
 
 
+def processing_settings(settings: WorkerSettings) -> ProcessingSettings:
+    """Batching and concurrency of the pipeline, from the settings."""
+    return ProcessingSettings(
+        worker_id=settings.worker_id,
+        max_batch_frames=settings.max_batch_frames,
+        max_wait_ms=settings.max_wait_ms,
+        classify_batch=settings.classify_batch,
+        decode_workers=settings.decode_workers,
+        decode_threads=settings.decode_threads,
+        tmp_dir=settings.tmp_dir,
+    )
+
+
 def build_cache(settings: WorkerSettings, metrics: Metrics) -> ResilientCache:
     """Features and predictions in Redis when a URL is given, else in an in-process LRU;
     failures bypass and are counted."""
@@ -173,15 +186,7 @@ class WorkerApp:
                 build_cache(settings, self._metrics),
                 source_policy(settings),
                 self._metrics,
-                ProcessingSettings(
-                    worker_id=settings.worker_id,
-                    max_batch_frames=settings.max_batch_frames,
-                    max_wait_ms=settings.max_wait_ms,
-                    classify_batch=settings.classify_batch,
-                    decode_workers=settings.decode_workers,
-                    decode_threads=settings.decode_threads,
-                    tmp_dir=settings.tmp_dir,
-                ),
+                processing_settings(settings),
             )
             handler = MessageHandler(
                 processor,
