@@ -1,4 +1,5 @@
-"""Frame backbones: torchvision classifiers without their head, and the batched frame embedder.
+"""Frame backbones: torchvision classifiers without their head, MTCNN's O-net without its outputs
+(`mtcnn_onet`), and the batched frame embedder.
 
 Weight sources (never a silent fallback to random weights):
 
@@ -7,9 +8,12 @@ Weight sources (never a silent fallback to random weights):
   torch file loaded with ``weights_only=True``.
 - ``"imagenet"``: torchvision's ImageNet weights from the torch hub cache
   (``$TORCH_HOME/hub/checkpoints``); downloaded only when ``allow_download`` is set.
+- ``"facenet"`` (``mtcnn_onet`` only): the O-net weights shipped in the facenet-pytorch wheel,
+  a face network trained for detection and landmarks: pretrained face features, offline.
 - ``"none"``: random initialisation from a fixed seed (deterministic).
 
-Classifier-head entries (``fc.*`` / ``classifier.*``) of full-model state dicts are dropped.
+Head entries (``fc.*``, ``classifier.*``; O-net's ``dense6_*``) of full-model state dicts are
+dropped.
 When ``spec.weights_sha256`` is set, the loaded weights must have that digest.
 """
 
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from facenet_pytorch.models.mtcnn import ONet
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 from torch.nn import functional as F
@@ -29,6 +34,7 @@ from torchvision import models as tv
 from torchvision.models import WeightsEnum
 
 from models.errors import WeightsError
+from models.faces import mtcnn_weights
 from models.spec import BackboneSpec
 from models.transfer import to_device
 
@@ -49,6 +55,41 @@ class ComputeDtypeError(RuntimeError):
     """The spec's compute dtype cannot run on the requested device."""
 
 
+class ONetTrunk(nn.Module):
+    """MTCNN's O-net up to its 256-unit layer: ``[N, 3, 48, 48]`` face crops -> ``[N, 256]``.
+
+    It takes crops normalised with the spec's ``mean`` and ``std``, as every backbone does, and
+    first maps them to O-net's own input scaling, ``(pixel - 127.5) / 128``.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        onet = ONet(pretrained=False)
+        for name in ONET_TRUNK:
+            self.add_module(name, getattr(onet, name))
+        scale = torch.tensor(std) * 255.0 / 128.0
+        shift = (torch.tensor(mean) * 255.0 - 127.5) / 128.0
+        self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.scale + self.shift
+        for name in ONET_TRUNK[:-2]:
+            x = getattr(self, name)(x)
+        x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)  # O-net's (Caffe) flattening order
+        return self.prelu5(self.dense5(x))
+
+
+ONET_TRUNK = (
+    *(f"{layer}{i}" for i in (1, 2, 3) for layer in ("conv", "prelu", "pool")),
+    "conv4",
+    "prelu4",
+    "dense5",
+    "prelu5",
+)
+ONET_HEADS = ("dense6_1", "dense6_2", "dense6_3")
+
+
 def build_backbone(
     spec: BackboneSpec,
     *,
@@ -61,23 +102,24 @@ def build_backbone(
 
     Precedence of weight sources: ``state_dict``, ``weights_file``, then ``spec.weights``.
     """
-    factory, imagenet, head = _ARCHS[spec.arch]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = factory(weights=None)
-    setattr(module, head, nn.Identity())
+    module, heads = _headless(spec, seed)
+    pretrained = "facenet" if spec.arch == "mtcnn_onet" else "imagenet"
     if state_dict is not None:
-        _load(module, state_dict, head, "the given state dict")
+        _load(module, state_dict, heads, "the given state dict")
     elif weights_file is not None:
-        _load(module, _read_weights_file(Path(weights_file)), head, str(weights_file))
+        _load(module, _read_weights_file(Path(weights_file)), heads, str(weights_file))
     elif spec.weights.startswith(FILE_PREFIX):
         path = Path(spec.weights.removeprefix(FILE_PREFIX))
-        _load(module, _read_weights_file(path), head, str(path))
-    elif spec.weights == "imagenet":
-        _load(module, _imagenet_state_dict(imagenet, allow_download), head, imagenet.url)
+        _load(module, _read_weights_file(path), heads, str(path))
+    elif spec.weights == pretrained == "facenet":
+        _load(module, mtcnn_weights("onet.pt"), heads, "facenet-pytorch's onet.pt")
+    elif spec.weights == pretrained:
+        imagenet = _ARCHS[spec.arch][1]
+        _load(module, _imagenet_state_dict(imagenet, allow_download), heads, imagenet.url)
     elif spec.weights != "none":
         raise WeightsError(
-            f"unknown backbone weights {spec.weights!r}: use 'imagenet', 'none' or 'file:<path>'"
+            f"unknown {spec.arch} weights {spec.weights!r}: use {pretrained!r}, 'none' or "
+            "'file:<path>'"
         )
     if spec.weights_sha256 is not None and weights_digest(module) != spec.weights_sha256:
         raise WeightsError(
@@ -85,6 +127,18 @@ def build_backbone(
             f"weights_sha256 {spec.weights_sha256}"
         )
     return module.eval()
+
+
+def _headless(spec: BackboneSpec, seed: int) -> tuple[nn.Module, tuple[str, ...]]:
+    """The randomly initialised (seeded) backbone and the names of the heads it lacks."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if spec.arch == "mtcnn_onet":
+            return ONetTrunk(spec.mean, spec.std), ONET_HEADS
+        factory, _, head = _ARCHS[spec.arch]
+        module = factory(weights=None)
+    setattr(module, head, nn.Identity())
+    return module, (head,)
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -97,9 +151,9 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _load(module: nn.Module, state: Mapping[str, Any], head: str, source: str) -> None:
-    """Load strictly, ignoring the entries of the removed classifier head."""
-    body = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+def _load(module: nn.Module, state: Mapping[str, Any], heads: tuple[str, ...], source: str) -> None:
+    """Load strictly, ignoring the entries of the removed heads."""
+    body = {k: v for k, v in state.items() if k.split(".", 1)[0] not in heads}
     try:
         module.load_state_dict(body, strict=True)
     except RuntimeError as exc:

@@ -82,18 +82,26 @@ def _scaled_offset(offset: int, scale: float, size: int) -> int:
     return min(size, max(0, round(offset * scale)))
 
 
-def _load_mtcnn(device: torch.device) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """P/R/O-nets with the weights shipped in the facenet-pytorch wheel, loaded weights-only."""
+def mtcnn_weights(file_name: str) -> dict[str, torch.Tensor]:
+    """A state dict shipped in the facenet-pytorch wheel (`pnet.pt`, `rnet.pt`, `onet.pt`),
+    loaded weights-only."""
     data = resources.files("facenet_pytorch") / "data"
+    try:
+        with resources.as_file(data / file_name) as path:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise WeightsError(f"cannot load MTCNN weights {file_name} from {data}: {exc}") from exc
+
+
+def _load_mtcnn(device: torch.device) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """P/R/O-nets with the weights shipped in the facenet-pytorch wheel."""
     nets: list[nn.Module] = []
     for net_class, file_name in ((PNet, "pnet.pt"), (RNet, "rnet.pt"), (ONet, "onet.pt")):
         net = net_class(pretrained=False)
         try:
-            with resources.as_file(data / file_name) as path:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
-        except (OSError, RuntimeError) as exc:
-            raise WeightsError(f"cannot load MTCNN weights {file_name} from {data}: {exc}") from exc
+            net.load_state_dict(mtcnn_weights(file_name))
+        except RuntimeError as exc:
+            raise WeightsError(f"MTCNN weights {file_name} do not fit: {exc}") from exc
         nets.append(net.to(device, memory_format=_memory_format(device)).eval())
     pnet, rnet, onet = nets
     return pnet, rnet, onet

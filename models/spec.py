@@ -14,14 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FEATURE_FORMAT = 1
 
-BackboneArch = Literal["resnet50", "mobilenet_v3_large", "efficientnet_b0"]
+BackboneArch = Literal["resnet50", "mobilenet_v3_large", "efficientnet_b0", "mtcnn_onet"]
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
 FEATURE_DIMS: dict[str, int] = {
     "resnet50": 2048,
     "mobilenet_v3_large": 960,
     "efficientnet_b0": 1280,
+    "mtcnn_onet": 256,
 }
+ONET_INPUT_SIZE = 48
+"""MTCNN's O-net reads 48 x 48 crops (its dense layer takes a fixed 3 x 3 x 128 map)."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -61,12 +64,15 @@ class FaceSpec(_Spec):
 
 
 class BackboneSpec(_Spec):
-    """Frame feature extractor: a torchvision classifier without its head."""
+    """Frame feature extractor: a torchvision classifier without its head, or MTCNN's O-net
+    without its outputs (`mtcnn_onet`: 256 face features of 48 px crops)."""
 
     arch: BackboneArch = "resnet50"
     weights: str = Field(
         default="imagenet",
-        description="identity of the weights: 'imagenet', 'none' (random init) or 'file:<name>'",
+        description="identity of the weights: 'imagenet' (torchvision archs), 'facenet' "
+        "(mtcnn_onet: the O-net weights in the facenet-pytorch wheel), 'none' (random init) or "
+        "'file:<name>'",
     )
     weights_sha256: str | None = Field(
         default=None, description="digest of the backbone weights stored in the checkpoint"
@@ -80,6 +86,12 @@ class BackboneSpec(_Spec):
     @property
     def feature_dim(self) -> int:
         return FEATURE_DIMS[self.arch]
+
+    @model_validator(mode="after")
+    def _check_input_size(self) -> BackboneSpec:
+        if self.arch == "mtcnn_onet" and self.input_size != ONET_INPUT_SIZE:
+            raise ValueError(f"mtcnn_onet reads {ONET_INPUT_SIZE} px crops, not {self.input_size}")
+        return self
 
 
 class MemberSpec(_Spec):

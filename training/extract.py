@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import torch
 from rich.progress import track
@@ -30,6 +30,7 @@ from models.errors import PipelineError
 from models.faces import FaceCropper
 from models.pipeline import kept_frames
 from models.spec import (
+    BackboneArch,
     BackboneSpec,
     DecodeLimits,
     PipelineSpec,
@@ -266,8 +267,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--spec-json", type=Path, help="PipelineSpec JSON: inference sampling, face, backbone"
     )
-    parser.add_argument("--arch", choices=["resnet50", "mobilenet_v3_large", "efficientnet_b0"])
-    parser.add_argument("--weights", help="imagenet | none | file:PATH")
+    parser.add_argument("--arch", choices=get_args(BackboneArch))
+    parser.add_argument("--weights", help="imagenet | facenet (for mtcnn_onet) | none | file:PATH")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--input-size", type=int)
     parser.add_argument("--detector", choices=["mtcnn", "none"])

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from facenet_pytorch.models.mtcnn import ONet
 from safetensors.torch import save_file
 from torchvision import models as tv
 
 from models.backbones import ComputeDtypeError, FrameEmbedder, build_backbone, weights_digest
 from models.errors import WeightsError
-from models.spec import FEATURE_DIMS, BackboneSpec
+from models.faces import mtcnn_weights
+from models.spec import FEATURE_DIMS, ONET_INPUT_SIZE, BackboneSpec
 
 SMALL = 64
 LIGHT_ARCH = "mobilenet_v3_large"
@@ -21,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def spec_for(arch: str = LIGHT_ARCH, **changes: object) -> BackboneSpec:
-    return BackboneSpec(arch=arch, weights="none", input_size=SMALL).model_copy(update=changes)
+    size = ONET_INPUT_SIZE if arch == "mtcnn_onet" else SMALL
+    return BackboneSpec(arch=arch, weights="none", input_size=size).model_copy(update=changes)
 
 
 def crops(n: int = 2, side: int = SMALL, seed: int = 0) -> torch.Tensor:
@@ -39,6 +42,30 @@ def test_each_arch_gives_features_of_its_dimension(arch: str) -> None:
     assert features.dtype == torch.float32
     assert features.device.type == "cpu"
     assert bool(torch.isfinite(features).all())
+
+
+def test_onet_trunk_with_facenet_weights_computes_mtcnn_onet() -> None:
+    spec = BackboneSpec(arch="mtcnn_onet", weights="facenet", input_size=ONET_INPUT_SIZE)
+    batch = crops(4, side=ONET_INPUT_SIZE)
+    features = FrameEmbedder(spec, build_backbone(spec)).embed(batch)
+    onet = ONet(pretrained=False)
+    onet.load_state_dict(mtcnn_weights("onet.pt"))
+    with torch.inference_mode():
+        x = (batch.float() - 127.5) * 0.0078125  # O-net's own input scaling
+        for name in ("conv1", "prelu1", "pool1", "conv2", "prelu2", "pool2", "conv3", "prelu3"):
+            x = getattr(onet, name)(x)
+        x = onet.prelu4(onet.conv4(onet.pool3(x)))
+        expected = onet.prelu5(onet.dense5(x.permute(0, 3, 2, 1).reshape(4, -1)))
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_onet_reads_48_px_crops_and_takes_the_facenet_weights() -> None:
+    with pytest.raises(ValueError, match="48 px"):
+        BackboneSpec(arch="mtcnn_onet", input_size=64)
+    with pytest.raises(WeightsError, match="'facenet'"):
+        build_backbone(BackboneSpec(arch="mtcnn_onet", weights="imagenet", input_size=48))
+    with pytest.raises(WeightsError, match="'imagenet'"):
+        build_backbone(spec_for(weights="facenet"))
 
 
 def test_random_init_is_deterministic_per_seed() -> None:
@@ -111,7 +138,7 @@ def test_imagenet_without_cache_raises_weights_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    for arch in sorted(FEATURE_DIMS):
+    for arch in sorted(set(FEATURE_DIMS) - {"mtcnn_onet"}):  # O-net's weights ship in a wheel
         with pytest.raises(WeightsError, match="torch hub cache") as error:
             build_backbone(BackboneSpec(arch=arch, weights="imagenet"))
         assert str(tmp_path / "hub" / "checkpoints") in str(error.value)
@@ -182,7 +209,7 @@ def test_bad_weight_sources_raise_weights_error(tmp_path: Path) -> None:
     other_arch = build_backbone(spec_for("efficientnet_b0")).state_dict()
     with pytest.raises(WeightsError, match="do not fit"):
         build_backbone(spec, state_dict=other_arch)
-    with pytest.raises(WeightsError, match="unknown backbone weights"):
+    with pytest.raises(WeightsError, match="unknown mobilenet_v3_large weights"):
         build_backbone(spec_for(weights="hub:somewhere"))
 
 

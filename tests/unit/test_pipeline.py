@@ -207,3 +207,13 @@ def test_resnet50_and_mtcnn_on_an_astronaut_video(tmp_path: Path) -> None:
     )
     assert sum(prediction.attention) == pytest.approx(1.0)
     assert 0.0 <= prediction.fake_probability <= 1.0
+
+
+def test_an_onet_backbone_checkpoint_serves(tmp_path: Path, files: dict[str, Path]) -> None:
+    spec = tiny_spec(arch="mtcnn_onet", input_size=48, detector="mtcnn", no_face="full_frame")
+    path = make_checkpoint(tmp_path / "onet.safetensors", spec=spec)
+    detector = Detector.load(path)
+    assert detector.spec.feature_dim == 256
+    prediction = detector.predict_file(files["noise_a"])
+    assert prediction == Detector.load(path).predict_file(files["noise_a"])
+    assert 0.0 <= prediction.fake_probability <= 1.0 and prediction.sampled == 4
