@@ -64,8 +64,8 @@ class AttentionPooling(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """One ensemble member: input standardisation (optional), input dropout, bidirectional LSTM
-    or GRU, attention pooling, BatchNorm, FC layers.
+    """One ensemble member: input standardisation (optional), temporal change (optional), input
+    dropout, bidirectional LSTM or GRU, attention pooling, BatchNorm, FC layers.
 
     With `spec.input_norm == "standardize"` the member holds buffers `input_mean` and `input_std`
     (`[input_dim]`, part of its state dict, so a checkpoint serves exactly the training-time
@@ -85,7 +85,7 @@ class SequenceClassifier(nn.Module):
         self.input_dropout = nn.Dropout(spec.input_dropout)
         rnn_type = nn.LSTM if spec.kind == "lstm" else nn.GRU
         self.rnn = rnn_type(
-            input_size=input_dim,
+            input_size=2 * input_dim if spec.temporal_change else input_dim,
             hidden_size=spec.hidden_size,
             num_layers=spec.num_layers,
             batch_first=True,
@@ -123,6 +123,9 @@ class SequenceClassifier(nn.Module):
             )
         if self.input_mean is not None and self.input_std is not None:
             x = (x - self.input_mean) / self.input_std
+        if self.spec.temporal_change:  # padding follows the real frames, so it changes none
+            change = F.pad((x[:, 1:] - x[:, :-1]).abs(), (0, 0, 1, 0))
+            x = torch.cat([x, change], dim=-1)
         x = self.input_dropout(x)
         lengths = sequence_lengths(mask)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)

@@ -109,6 +109,11 @@ class MemberSpec(_Spec):
         "(computed on the TRAIN features, stored with the member's weights)",
     )
     input_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    temporal_change: bool = Field(
+        default=False,
+        description="also feed each frame's absolute change from the previous frame "
+        "(|x_t - x_(t-1)|, after standardisation; 0 for the first frame)",
+    )
 
 
 DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (

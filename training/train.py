@@ -409,6 +409,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     members = parser.add_mutually_exclusive_group()
     members.add_argument("--members", default="lstm768,lstm512,gru768")
     members.add_argument("--member-spec", type=Path, help="JSON file: a list of MemberSpec objects")
+    parser.add_argument(
+        "--temporal-change",
+        action="store_true",
+        help="members of --members also read each frame's absolute change from the previous one",
+    )
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -429,7 +434,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raw = json.loads(args.member_spec.read_text(encoding="utf-8"))
         members = tuple(MemberSpec.model_validate(m) for m in raw)
     else:
-        members = parse_members(args.members)
+        base = MEMBER_BASE.model_copy(update={"temporal_change": args.temporal_change})
+        members = parse_members(args.members, base)
     return TrainConfig(
         members=members,
         epochs=args.epochs,

@@ -17,9 +17,15 @@ from models.spec import MemberSpec
 INPUT_DIM = 6
 
 
-def _member(kind: str, seed: int = 0) -> SequenceClassifier:
+def _member(kind: str, seed: int = 0, temporal_change: bool = False) -> SequenceClassifier:
     torch.manual_seed(seed)
-    spec = MemberSpec(name=f"tiny_{kind}", kind=kind, hidden_size=8, fc_dims=(8,))  # type: ignore[arg-type]
+    spec = MemberSpec(
+        name=f"tiny_{kind}",
+        kind=kind,  # type: ignore[arg-type]
+        hidden_size=8,
+        fc_dims=(8,),
+        temporal_change=temporal_change,
+    )
     member = build_member(spec, INPUT_DIM)
     with torch.no_grad():  # non-trivial BatchNorm statistics
         member.norm.running_mean.uniform_(-0.5, 0.5)
@@ -27,9 +33,27 @@ def _member(kind: str, seed: int = 0) -> SequenceClassifier:
     return member.eval()
 
 
-@pytest.fixture(params=["lstm", "gru"])
+@pytest.fixture(
+    params=[("lstm", False), ("gru", False), ("lstm", True), ("gru", True)],
+    ids=["lstm", "gru", "lstm-temporal-change", "gru-temporal-change"],
+)
 def member(request: pytest.FixtureRequest) -> SequenceClassifier:
-    return _member(request.param)
+    kind, temporal_change = request.param
+    return _member(kind, temporal_change=temporal_change)
+
+
+@torch.inference_mode()
+def test_temporal_change_reads_frame_to_frame_differences() -> None:
+    member = _member("gru", temporal_change=True)
+    assert member.rnn.input_size == 2 * INPUT_DIM
+    still = torch.zeros(1, 6, INPUT_DIM)
+    flicker = torch.zeros(1, 6, INPUT_DIM)
+    flicker[0, 1::2] = 1.0
+    flicker[0, 0::2] = -1.0
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    plain = _member("gru")
+    assert not torch.allclose(member(still, mask)[0], member(flicker, mask)[0])
+    assert plain.rnn.input_size == INPUT_DIM
 
 
 def test_build_member_picks_the_recurrent_kind() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -15,9 +16,11 @@ from training.train import (
     EarlyStopping,
     Sample,
     TrainConfig,
+    add_parser,
     aggregate_probabilities,
     batches,
     class_weights,
+    config_from_args,
     epoch_order,
     feature_statistics,
     parse_members,
@@ -116,6 +119,17 @@ def test_parse_members() -> None:
         (m.input_norm, m.input_dropout) == (MEMBER_BASE.input_norm, MEMBER_BASE.input_dropout)
         for m in parse_members("lstm8,gru8")
     )
+
+
+def test_temporal_change_flag_reaches_the_named_members() -> None:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", "--store", "s", "--out", "r", "--members", "lstm8,gru4"])
+    assert not any(m.temporal_change for m in config_from_args(args).members)
+    args = parser.parse_args(
+        ["train", "--store", "s", "--out", "r", "--members", "lstm8,gru4", "--temporal-change"]
+    )
+    assert all(m.temporal_change for m in config_from_args(args).members)
 
 
 def test_feature_statistics_over_all_frames() -> None:
