@@ -19,7 +19,7 @@ from benchmarks.traffic import Arrival, Submitter, VerdictCollector
 from benchmarks.workers import worker_env
 from deploy.local.topics import TopicSet, private_topics
 from deploy.local.worker_process import WorkerProcess, wait_assigned
-from producer.contracts import VideoRequest
+from producer.contracts import Verdict, VideoRequest
 
 VERDICT_TIMEOUT_S = 1800.0
 
@@ -105,21 +105,32 @@ def fleet(
                 collector.close()
 
 
+def verdict_figures(verdicts: Sequence[Verdict]) -> dict[str, Any]:
+    """Videos and sampled frames, mean per-stage times (the workers' own `timings_ms`), cache
+    statuses and error codes of a set of verdicts."""
+    stages: dict[str, list[float]] = {}
+    for verdict in verdicts:
+        for stage, ms in verdict.timings_ms.items():
+            stages.setdefault(stage, []).append(ms)
+    return {
+        "videos": len(verdicts),
+        "frames": sum(v.frames.sampled for v in verdicts if v.frames is not None),
+        "stage_mean_ms": {k: round(float(np.mean(v)), 1) for k, v in sorted(stages.items())},
+        "cache": dict(Counter(v.cache or "none" for v in verdicts)),
+        "errors": dict(Counter(v.error.code.value for v in verdicts if v.error is not None)),
+    }
+
+
 def burst_figures(submitter: Submitter, arrivals: dict[str, Arrival]) -> dict[str, Any]:
     """Throughput over the burst (first send to last verdict), end-to-end latency (queueing
     included), the workers' own service time, mean per-stage times and cache statuses."""
     verdicts = [arrival.verdict for arrival in arrivals.values()]
     sent = [submitter.sent_at[request_id] for request_id in arrivals]
     received = [arrival.received_at for arrival in arrivals.values()]
-    start, end = min(sent), max(received)
-    frames = sum(v.frames.sampled for v in verdicts if v.frames is not None)
-    stages: dict[str, list[float]] = {}
-    for verdict in verdicts:
-        for stage, ms in verdict.timings_ms.items():
-            stages.setdefault(stage, []).append(ms)
-    errors = Counter(v.error.code.value for v in verdicts if v.error is not None)
+    summary = verdict_figures(verdicts)
     return {
-        **throughput(len(verdicts), frames, end - start),
+        **summary,
+        **throughput(summary["videos"], summary["frames"], max(received) - min(sent)),
         "latency": latency_summary(
             [arrivals[r].received_at - submitter.sent_at[r] for r in arrivals]
         ),
@@ -129,10 +140,7 @@ def burst_figures(submitter: Submitter, arrivals: dict[str, Arrival]) -> dict[st
                 [v.timings_ms.get("total", 0.0) / 1000 for v in verdicts]
             ).items()
         },
-        "stage_mean_ms": {k: round(float(np.mean(v)), 1) for k, v in sorted(stages.items())},
         "kafka_path_mean_ms": _kafka_path(submitter, arrivals),
-        "cache": dict(Counter(v.cache or "none" for v in verdicts)),
-        "errors": dict(errors),
     }
 
 

@@ -100,3 +100,8 @@ def target(
     """One target of the brief: the measured value, the goal and whether it is met."""
     met = None if value is None else (value >= goal if higher_is_better else value <= goal)
     return {"target": name, "value": value, "goal": goal, "met": met}
+
+
+def median_run(runs: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The repeat with the median `key` (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda run: run[key])[(len(runs) - 1) // 2]

@@ -30,7 +30,14 @@ from typing import Any
 from benchmarks.assets import synth_videos
 from benchmarks.context import Context, run_probe
 from benchmarks.e2e import Fleet, burst_figures, fleet
-from benchmarks.measure import cpu_figures, latency_summary, ratio, target, throughput
+from benchmarks.measure import (
+    cpu_figures,
+    latency_summary,
+    median_run,
+    ratio,
+    target,
+    throughput,
+)
 from benchmarks.report import Report
 from benchmarks.services import open_services
 from benchmarks.traffic import requests_for
@@ -73,9 +80,8 @@ def _load1() -> float:
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The repeat with the median throughput (the lower middle one of an even count), plus every
     repeat's throughput, CPU per frame and load, in the order they ran."""
-    ordered = sorted(runs, key=lambda run: run["videos_per_s"])
     return {
-        **ordered[(len(ordered) - 1) // 2],
+        **median_run(runs, "videos_per_s"),
         "repeats_videos_per_s": [run["videos_per_s"] for run in runs],
         "repeats_cpu_ms_per_frame": [run["cpu_ms_per_frame"] for run in runs],
         "repeats_load1": [run["load1"] for run in runs],

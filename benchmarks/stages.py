@@ -26,7 +26,6 @@ import os
 import statistics
 import time
 import uuid
-from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +35,8 @@ import torch
 
 from benchmarks.assets import synth_videos
 from benchmarks.context import Context
-from benchmarks.measure import latency_summary, peak_rss_mib, ratio, throughput
+from benchmarks.e2e import verdict_figures
+from benchmarks.measure import latency_summary, median_run, peak_rss_mib, ratio, throughput
 from benchmarks.probe import load_detector as probe_detector
 from benchmarks.report import Report
 from benchmarks.traffic import requests_for
@@ -186,15 +186,11 @@ def _worker_run(
         elapsed += time.perf_counter()
     finally:
         processor.close()
-    stages: dict[str, list[float]] = defaultdict(list)
-    for verdict in verdicts:
-        for stage, ms in verdict.timings_ms.items():
-            stages[stage].append(ms)
+    summary = verdict_figures(verdicts)
     return {
-        **throughput(len(verdicts), sum(v.frames.sampled for v in verdicts if v.frames), elapsed),
+        **summary,
+        **throughput(summary["videos"], summary["frames"], elapsed),
         "latency": latency_summary(latencies),
-        "stage_mean_ms": {k: round(statistics.fmean(v), 1) for k, v in sorted(stages.items())},
-        "errors": dict(Counter(v.error.code.value for v in verdicts if v.error is not None)),
     }
 
 
@@ -205,8 +201,7 @@ def _worker_results(
     for name, config in _decode_configs(settings).items():
         _worker_run(detector, config, videos, "warmup")
         runs = [_worker_run(detector, config, videos, f"r{r}") for r in range(repeats)]
-        median = sorted(runs, key=lambda run: run["frames_per_s"])[(len(runs) - 1) // 2]
-        results[f"worker_{name}"] = median | {
+        results[f"worker_{name}"] = median_run(runs, "frames_per_s") | {
             "repeats_frames_per_s": [run["frames_per_s"] for run in runs]
         }
     return results

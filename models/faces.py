@@ -155,12 +155,11 @@ class FaceCropper:
         if min(small_h, small_w) < self.face.min_face_size:
             return [None] * len(batch)
         small = batch if scale == 1.0 else resize(batch, [small_h, small_w], antialias=True)
-        pnet, rnet, onet = self._nets
         with torch.inference_mode():
             detections = detect_faces(
                 small,
                 self.face.min_face_size,
-                (pnet, rnet, onet),
+                self._nets,
                 self.face.thresholds,
                 PYRAMID_FACTOR,
             )

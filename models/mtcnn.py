@@ -107,6 +107,11 @@ def _area_resize_each(
     return out
 
 
+def _net_input(pixels: torch.Tensor) -> torch.Tensor:
+    """The MTCNN nets' input scaling: (pixel - 127.5) / 128."""
+    return (pixels - 127.5) * 0.0078125
+
+
 def _corners(table: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     """Rows `flat` (`[K, S, S]` indices) of the `[N, C]` table, as `[K, S, S, C]`."""
     return table.index_select(0, flat.reshape(-1)).view(*flat.shape, table.shape[1])
@@ -135,7 +140,7 @@ def _refine(
     `threshold`: (boxes with scores, image index, box regression)."""
     height, width = frames.shape[2:4]
     boxes, image_index, windows = _windows(boxes, image_index, width, height)
-    crops = (area_resize_windows(frames, image_index, windows, size) - 127.5) * 0.0078125
+    crops = _net_input(area_resize_windows(frames, image_index, windows, size))
     out = fixed_batch_process(crops, net)
     score = out[-1][:, 1]
     passed = score > threshold
@@ -160,7 +165,7 @@ def detect_faces(
     boxes_by_scale, index_by_scale, picks, offset = [], [], [], 0
     while smallest >= 12:
         resized = imresample(images, (int(height * scale + 1), int(width * scale + 1)))
-        regression, probability = pnet((resized - 127.5) * 0.0078125)
+        regression, probability = pnet(_net_input(resized))
         found, index = generateBoundingBox(regression, probability[:, 1], scale, thresholds[0])
         picks.append(batched_nms(found[:, :4], found[:, 4], index, 0.5) + offset)
         boxes_by_scale.append(found)
