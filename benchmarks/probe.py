@@ -91,11 +91,12 @@ def research_video(detector: Detector, video: Path, scratch: Path, threads: int)
     ]
     with av.open(str(video)) as container:
         fps = float(container.streams.video[0].average_rate or 1)
-    faces = detector.crop_faces(frames)
+    timestamps_s = [index * EVERY_NTH / fps for index in range(len(frames))]
+    faces = detector.crop_faces(frames, timestamps_s)
     kept = detector.keep(faces.has_face)
     features = VideoFeatures(
         features=detector.embed(faces.crops[kept]),
-        timestamps_s=[index * EVERY_NTH / fps for index in kept],
+        timestamps_s=[timestamps_s[index] for index in kept],
         sampled=len(frames),
         with_face=sum(faces.has_face),
     )
@@ -105,7 +106,7 @@ def research_video(detector: Detector, video: Path, scratch: Path, threads: int)
 
 def bare_video(detector: Detector, frames: Sequence[np.ndarray], timestamps_s: list[float]) -> int:
     """Face detector, backbone and heads on frames already in memory."""
-    faces = detector.crop_faces(frames)
+    faces = detector.crop_faces(frames, timestamps_s)
     kept = detector.keep(faces.has_face)
     features = VideoFeatures(
         features=detector.embed(faces.crops[kept]),
@@ -131,14 +132,16 @@ def bare_pooled(
         pooled = sum(len(v.frames) for v in group)
         if following is not None and pooled + following <= max_batch_frames:
             continue
-        faces = detector.crop_faces([frame for v in group for frame in v.frames])
+        boxes = detector.detect_faces([frame for v in group for frame in v.frames])
         features, offset = [], 0
         kept_crops, spans = [], []
         for v in group:
-            flags = faces.has_face[offset : offset + len(v.frames)]
-            kept = detector.keep(flags)
-            spans.append((v, flags, kept))
-            kept_crops.append(faces.crops[offset : offset + len(v.frames)][kept])
+            faces = detector.cut_faces(
+                v.frames, v.timestamps_s, boxes[offset : offset + len(v.frames)]
+            )
+            kept = detector.keep(faces.has_face)
+            spans.append((v, faces.has_face, kept))
+            kept_crops.append(faces.crops[kept])
             offset += len(v.frames)
         embedded = detector.embed(torch.cat(kept_crops)).split([len(k) for _, _, k in spans])
         for (v, flags, kept), rows in zip(spans, embedded, strict=True):

@@ -108,8 +108,16 @@ def _decode_all(
         return list(pool.map(decode, videos))
 
 
-def _crops(detector: Detector, frames: Sequence[Any], batch: int) -> torch.Tensor:
-    return torch.cat([detector.crop_faces(chunk).crops for chunk in _chunks(frames, batch)])
+def _crops(detector: Detector, videos: Sequence[DecodedVideo], batch: int) -> torch.Tensor:
+    """Faces detected in batches of frames pooled from the videos, then cut per video."""
+    frames = [frame for video in videos for frame in video.frames]
+    boxes = [box for chunk in _chunks(frames, batch) for box in detector.detect_faces(chunk)]
+    crops, offset = [], 0
+    for video in videos:
+        span = boxes[offset : offset + len(video.frames)]
+        crops.append(detector.cut_faces(video.frames, video.timestamps_s, span).crops)
+        offset += len(video.frames)
+    return torch.cat(crops)
 
 
 def _embed(detector: Detector, crops: torch.Tensor, batch: int) -> torch.Tensor:
@@ -136,10 +144,10 @@ def _stage_results(
             videos=len(videos),
             decoded_frames_per_s=round(sum(v.frames_decoded for v in decoded) / seconds),
         )
-    frames = [frame for video in decoded for frame in video.frames]
+    frames = sum(len(video.frames) for video in decoded)
     batch = settings.max_batch_frames
-    seconds, crops = _median_seconds(device, lambda: _crops(detector, frames, batch), repeats)
-    results["faces"] = _rate(len(frames), seconds)
+    seconds, crops = _median_seconds(device, lambda: _crops(detector, decoded, batch), repeats)
+    results["faces"] = _rate(frames, seconds)
     for name, variant in variants.items():
         seconds, _ = _median_seconds(device, lambda v=variant: _embed(v, crops, batch), repeats)
         results[f"embed_{name}"] = _rate(len(crops), seconds)

@@ -2,13 +2,17 @@
 
 Geometry (shared by every path, so crops never depend on which branch produced them):
 
-- A face crop is a square centred on the detected box, side ``max(w, h) * (1 + margin)`` capped at
-  the frame's longer side. Parts of the square outside the frame are padded with zeros (black),
-  so the face stays centred and keeps its scale at the frame border.
+- A face crop is a square centred on the frame's face box, side ``max(w, h) * (1 + margin)``
+  capped at the frame's longer side. Parts of the square outside the frame are padded with zeros
+  (black), so the face stays centred and keeps its scale at the frame border.
 - The whole frame (no face found, or detector ``"none"``) is letterboxed: the square of side
   ``max(H, W)`` centred on the frame, zero padded. Nothing of the frame is cut off.
 - The square is resized to ``crop_size`` with antialiased bilinear interpolation (torchvision),
   which is deterministic on CPU.
+
+A frame's face box is the largest detected face, smoothed over the video's face track when
+``face.box_smoothing_s`` is above 0 (`models.tracking`): detector jitter would otherwise shake
+the crops more than a pasted face flickers.
 
 Detection runs MTCNN (facenet-pytorch) on the cropper's device, one batched call per frame size,
 on frames downscaled so their longer side is at most ``face.detect_max_side``. ``min_face_size``
@@ -32,9 +36,9 @@ from torchvision.transforms.v2.functional import resize
 from models.errors import WeightsError
 from models.mtcnn import detect_faces
 from models.spec import FaceSpec
+from models.tracking import Box, smooth_boxes
 from models.transfer import to_device
 
-Box = tuple[float, float, float, float]
 PixelBox = tuple[int, int, int, int]
 
 PYRAMID_FACTOR = 0.709  # MTCNN's image-pyramid scale step (facenet-pytorch default)
@@ -63,8 +67,13 @@ def square_box(box: Box, margin: float, frame_w: int, frame_h: int) -> PixelBox:
     return (x0, y0, x0 + side_px, y0 + side_px)
 
 
-def crop_square(frame: torch.Tensor, square: PixelBox, size: int) -> torch.Tensor:
-    """Cut ``square`` out of a ``[3, H, W]`` uint8 frame, zero padded, resized to ``size``."""
+def crop_square(
+    frame: torch.Tensor, square: PixelBox, size: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """Cut ``square`` out of a ``[3, H, W]`` uint8 frame, zero padded, resized to ``size``.
+
+    Only the part of the frame inside the square moves to ``device`` (default: the frame's) and
+    is resized there."""
     height, width = frame.shape[-2:]
     x0, y0, x1, y1 = square
     scale = size / (x1 - x0)
@@ -74,7 +83,10 @@ def crop_square(frame: torch.Tensor, square: PixelBox, size: int) -> torch.Tenso
     left, top = _scaled_offset(ix0 - x0, scale, size), _scaled_offset(iy0 - y0, scale, size)
     right = max(left + 1, _scaled_offset(ix1 - x0, scale, size))
     bottom = max(top + 1, _scaled_offset(iy1 - y0, scale, size))
-    visible = resize(frame[:, iy0:iy1, ix0:ix1], [bottom - top, right - left], antialias=True)
+    region = frame[:, iy0:iy1, ix0:ix1]
+    if device is not None and device != region.device:
+        region = to_device(region.contiguous(), device)
+    visible = resize(region, [bottom - top, right - left], antialias=True)
     return F.pad(visible, (left, size - right, top, size - bottom))
 
 
@@ -114,7 +126,9 @@ def _memory_format(device: torch.device) -> torch.memory_format:
 
 
 class FaceCropper:
-    """Batched MTCNN face detection and square face crops (see the module docstring)."""
+    """Batched MTCNN face detection, face tracks and square face crops (see the module
+    docstring). `crop` runs all three for one video; the worker runs `detect` on frames pooled
+    from several videos, then `track` and `cut` per video."""
 
     def __init__(self, face: FaceSpec, crop_size: int, device: torch.device | str = "cpu") -> None:
         if crop_size < 1:
@@ -124,26 +138,51 @@ class FaceCropper:
         self.device = torch.device(device)
         self._nets = _load_mtcnn(self.device) if face.detector == "mtcnn" else None
 
-    def crop(self, frames: Sequence[np.ndarray]) -> FaceCrops:
-        """One crop per ``H x W x 3`` uint8 RGB frame; frames may differ in size. The crops stay
-        on the cropper's device (on CUDA: no copy back before the backbone)."""
-        size = self.crop_size
-        crops = torch.zeros((len(frames), 3, size, size), dtype=torch.uint8, device=self.device)
+    def crop(self, frames: Sequence[np.ndarray], timestamps_s: Sequence[float]) -> FaceCrops:
+        """One crop per frame of one video (frames in display order, at `timestamps_s`)."""
+        return self.cut(frames, self.track(self.detect(frames), timestamps_s))
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Box | None]:
+        """The largest face of each ``H x W x 3`` uint8 RGB frame (None where none is found; the
+        whole frame for detector "none"). Frames may differ in size and come from several videos:
+        one batched detection per frame size."""
         boxes: list[Box | None] = [None] * len(frames)
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, frame in enumerate(frames):
             _check_frame(frame, index)
             by_size[frame.shape[:2]].append(index)
-        for (height, width), indices in by_size.items():
+        for indices in by_size.values():
             stacked = np.stack([frames[i] for i in indices])
             batch = to_device(torch.from_numpy(stacked), self.device).permute(0, 3, 1, 2)
-            found = self._find_faces(batch)
-            whole = square_box((0.0, 0.0, float(width), float(height)), 0.0, width, height)
-            for frame, index, box in zip(batch, indices, found, strict=True):
-                square = whole if box is None else square_box(box, self.face.margin, width, height)
-                crops[index] = crop_square(frame, square, size)
+            for index, box in zip(indices, self._find_faces(batch), strict=True):
                 boxes[index] = box
-        return FaceCrops(crops=crops, has_face=[b is not None for b in boxes], boxes=boxes)
+        return boxes
+
+    def track(self, boxes: Sequence[Box | None], timestamps_s: Sequence[float]) -> list[Box | None]:
+        """One video's boxes smoothed over time (`FaceSpec.box_smoothing_s`; `models.tracking`)."""
+        if self.face.detector == "none":  # whole frames: nothing to track
+            return list(boxes)
+        return smooth_boxes(boxes, timestamps_s, self.face.box_smoothing_s)
+
+    def cut(self, frames: Sequence[np.ndarray], boxes: Sequence[Box | None]) -> FaceCrops:
+        """The square crop around each frame's box (the letterboxed frame where it is None), on
+        the cropper's device (on CUDA only the square's pixels are copied there)."""
+        if len(frames) != len(boxes):
+            raise ValueError(f"{len(boxes)} boxes for {len(frames)} frames")
+        size = self.crop_size
+        crops = torch.zeros((len(frames), 3, size, size), dtype=torch.uint8, device=self.device)
+        for index, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
+            _check_frame(frame, index)
+            height, width = frame.shape[:2]
+            square = (
+                square_box((0.0, 0.0, float(width), float(height)), 0.0, width, height)
+                if box is None
+                else square_box(box, self.face.margin, width, height)
+            )
+            writable = frame if frame.flags.writeable else frame.copy()  # torch wants writable
+            pixels = torch.from_numpy(writable).permute(2, 0, 1)
+            crops[index] = crop_square(pixels, square, size, self.device)
+        return FaceCrops(crops=crops, has_face=[b is not None for b in boxes], boxes=list(boxes))
 
     def _find_faces(self, batch: torch.Tensor) -> list[Box | None]:
         """The largest face of each ``[B, 3, H, W]`` uint8 frame; the whole frame for "none"."""

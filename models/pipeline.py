@@ -1,16 +1,18 @@
 """The inference pipeline of one checkpoint, in stages the worker can batch across videos.
 
-    decode (per video, threads) -> crop_faces (frames pooled from several videos)
-      -> embed (crops pooled from several videos) -> assemble (per video, face policy)
-      -> classify (a padded, masked batch of videos)
+    decode (per video, threads) -> detect_faces (frames pooled from several videos)
+      -> cut_faces (per video: face track, square crops) -> embed (crops pooled from several
+      videos) -> assemble (per video, face policy) -> classify (a padded, masked batch of videos)
 
 `predict_file` runs exactly these stages for one video, so it gives the same numbers as the
 worker's staged path for the same inputs. (Pooling frames of several videos into one backbone
 batch may change results in the last float bits, as any change of batch composition can.)
 
-Thread-safety: `decode` may run concurrently from many threads. `crop_faces`, `embed` and
-`classify` only read the modules (eval mode, inference mode) and may also be called
-concurrently, though one thread per stage is the efficient way to feed an accelerator.
+`crop_faces` is `detect_faces` and `cut_faces` for one video.
+
+Thread-safety: `decode` may run concurrently from many threads. The other stages only read the
+modules (eval mode, inference mode) and may also be called concurrently, though one thread per
+stage is the efficient way to feed an accelerator.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from models.errors import NoFace
 from models.faces import FaceCropper, FaceCrops
 from models.heads import pad_sequences
 from models.spec import DecodeLimits, PipelineSpec
+from models.tracking import Box
 from models.video import DecodedVideo, Source, decode_frames
 
 logger = logging.getLogger(__name__)
@@ -152,10 +155,23 @@ class Detector:
         """The sampled frames of one video (safe to call from several threads)."""
         return decode_frames(source, self.spec.sampling, self.decode_limits, threads=threads)
 
-    def crop_faces(self, frames: Sequence[np.ndarray]) -> FaceCrops:
-        """One `input_size` square crop per frame (frames of several videos may be pooled), on
-        the detector's device."""
-        return self._cropper.crop(frames)
+    def detect_faces(self, frames: Sequence[np.ndarray]) -> list[Box | None]:
+        """The largest face box of each frame (frames of several videos may be pooled)."""
+        return self._cropper.detect(frames)
+
+    def cut_faces(
+        self,
+        frames: Sequence[np.ndarray],
+        timestamps_s: Sequence[float],
+        boxes: Sequence[Box | None],
+    ) -> FaceCrops:
+        """One `input_size` square crop per frame of one video, on the detector's device, around
+        its face boxes (from `detect_faces`) smoothed over the video's face track."""
+        return self._cropper.cut(frames, self._cropper.track(boxes, timestamps_s))
+
+    def crop_faces(self, frames: Sequence[np.ndarray], timestamps_s: Sequence[float]) -> FaceCrops:
+        """`detect_faces` and `cut_faces` for the frames of one video."""
+        return self._cropper.crop(frames, timestamps_s)
 
     def embed(self, crops: Tensor) -> Tensor:
         """`[N, 3, S, S]` uint8 crops -> `[N, D]` float32 features on CPU."""
@@ -187,7 +203,7 @@ class Detector:
     def extract(self, source: Source, *, threads: int = 0) -> VideoFeatures:
         """All feature stages for one video (what training caches and the worker computes)."""
         video = self.decode(source, threads=threads)
-        faces = self.crop_faces(video.frames)
+        faces = self.crop_faces(video.frames, video.timestamps_s)
         kept = self.keep(faces.has_face)
         return self.assemble(video, faces.has_face, self.embed(faces.crops[kept]))
 
@@ -221,7 +237,7 @@ class Detector:
         compilation (with `compile_backbone`) and the first ensemble call happen here, not in the
         first request's latency."""
         size = self.spec.backbone.input_size
-        self.crop_faces([np.zeros((size, size, 3), dtype=np.uint8)])
+        self.detect_faces([np.zeros((size, size, 3), dtype=np.uint8)])
         self._embedder.warm_up()
         features = torch.zeros((1, self.spec.feature_dim), dtype=torch.float32)
         self.classify([VideoFeatures(features, [0.0], sampled=1, with_face=0)])

@@ -61,6 +61,13 @@ class FaceSpec(_Spec):
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     detect_max_side: Annotated[int, Field(ge=64)] = 640
     no_face: Literal["drop", "full_frame"] = "drop"
+    box_smoothing_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=10.0,
+        description="standard deviation (seconds) of the Gaussian over which a video's face boxes "
+        "are smoothed (local linear fit, models.tracking); 0 uses each frame's detection as is",
+    )
 
 
 class BackboneSpec(_Spec):

@@ -18,7 +18,7 @@ from training.plots import plot_attention_strip
 def explain_video(detector: Detector, video: Path, out: Path) -> Prediction:
     """Write the attention strip of `video` to `out`; returns the prediction shown."""
     decoded = detector.decode(video)
-    faces = detector.crop_faces(decoded.frames)
+    faces = detector.crop_faces(decoded.frames, decoded.timestamps_s)
     kept = detector.keep(faces.has_face)
     crops = faces.crops[kept]
     features = detector.assemble(decoded, faces.has_face, detector.embed(crops))

@@ -57,7 +57,7 @@ class FeatureExtractor:
 
     def views(self, video: DecodedVideo, key: str, augmented: int) -> list[ViewFeatures]:
         """The clean view 0 (as the inference pipeline computes it) and `augmented` more."""
-        faces = self.cropper.crop(video.frames)
+        faces = self.cropper.crop(video.frames, video.timestamps_s)
         kept = kept_frames(faces.has_face, self.spec.face.no_face)
         crops = faces.crops[kept]
         stamps = [video.timestamps_s[i] for i in kept]
@@ -113,7 +113,7 @@ def prepare_backbone(
         crops = []
         for row in calibration_rows:
             video = decode_frames(row.path, spec.sampling_for(row.split, row.label), limits)
-            faces = cropper.crop(video.frames)
+            faces = cropper.crop(video.frames, video.timestamps_s)
             crops.append(faces.crops[kept_frames(faces.has_face, "full_frame")])
         calibrate_batchnorm(module, spec.backbone, torch.cat(crops))
     digest = weights_digest(module)
@@ -216,7 +216,12 @@ def store_spec_from_args(args: argparse.Namespace) -> StoreSpec:
         inference = SamplingSpec(
             mode="uniform", num_frames=frames, max_frames=max(frames, inference.max_frames)
         )
-    face = _updated(base.face, detector=args.detector, no_face=args.no_face)
+    face = _updated(
+        base.face,
+        detector=args.detector,
+        no_face=args.no_face,
+        box_smoothing_s=args.box_smoothing_s,
+    )
     backbone = _updated(
         base.backbone,
         arch=args.arch,
@@ -273,6 +278,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=int)
     parser.add_argument("--detector", choices=["mtcnn", "none"])
     parser.add_argument("--no-face", choices=["drop", "full_frame"])
+    parser.add_argument(
+        "--box-smoothing-s",
+        type=float,
+        help="smooth each video's face boxes over this many seconds (Gaussian sigma; 0: off)",
+    )
     parser.add_argument(
         "--inference-frames", type=int, help="uniform frames of VAL/TEST (and the checkpoint)"
     )

@@ -2,8 +2,9 @@
 
 `VideoProcessor.process` runs one request: source policy -> content digest -> prediction cache
 [hit: the verdict straight away] -> feature cache [miss: decode (bounded thread concurrency) ->
-face crops and backbone embeddings through dynamic batchers shared by every in-flight video ->
-feature store] -> ensemble (batched across videos) -> prediction store.
+face detection through a dynamic batcher shared by every in-flight video -> the video's face
+track and crops -> backbone embeddings through another shared batcher -> feature store] ->
+ensemble (batched across videos) -> prediction store.
 It never raises: every failure becomes an error verdict with a precise code.
 
 `MessageHandler` turns one Kafka message into the records to produce: a verdict, or for a message
@@ -29,6 +30,7 @@ import torch
 
 from models.errors import PipelineError
 from models.pipeline import Detector, Prediction, VideoFeatures
+from models.tracking import Box
 from producer.contracts import (
     ContractError,
     ErrorCode,
@@ -58,12 +60,6 @@ class ProcessingSettings:
     decode_workers: int = 2
     decode_threads: int = 0
     tmp_dir: Path | None = None
-
-
-@dataclass(frozen=True)
-class _Crop:
-    crop: torch.Tensor  # [3, S, S] uint8
-    has_face: bool
 
 
 class _Attempt:
@@ -111,11 +107,11 @@ class VideoProcessor:
         self._model_digest = detector.model_digest
         self._model = model_info(detector.spec)
         self._decode_slots = threading.Semaphore(settings.decode_workers)
-        self._crops: DynamicBatcher[np.ndarray, _Crop] = DynamicBatcher(
-            self._crop_batch,
+        self._faces: DynamicBatcher[np.ndarray, Box | None] = DynamicBatcher(
+            self._detect_batch,
             settings.max_batch_frames,
             settings.max_wait_ms,
-            name="crop",
+            name="faces",
             on_batch=partial(metrics.observe_batch, "faces"),
         )
         self._embeddings: DynamicBatcher[torch.Tensor, torch.Tensor] = DynamicBatcher(
@@ -135,7 +131,7 @@ class VideoProcessor:
 
     def close(self, timeout_s: float | None = None) -> None:
         """Finish queued batches and stop the batcher threads."""
-        for batcher in (self._crops, self._embeddings, self._classifier):
+        for batcher in (self._faces, self._embeddings, self._classifier):
             batcher.close(timeout_s)
 
     def process(self, request: VideoRequest) -> Verdict:
@@ -203,17 +199,16 @@ class VideoProcessor:
         self._metrics.frames_decoded.inc(decoded.frames_decoded)
         self._metrics.frames_sampled.inc(len(decoded.frames))
         with attempt.stage("faces"):
-            crops = self._crops.submit(decoded.frames).result()
-        has_face = [crop.has_face for crop in crops]
-        self._metrics.faces_found.inc(sum(has_face))
-        kept = self._detector.keep(has_face)
+            boxes = self._faces.submit(decoded.frames).result()
+            faces = self._detector.cut_faces(decoded.frames, decoded.timestamps_s, boxes)
+        self._metrics.faces_found.inc(sum(faces.has_face))
+        kept = self._detector.keep(faces.has_face)
         with attempt.stage("embed"):
-            rows = self._embeddings.submit([crops[i].crop for i in kept]).result()
-        return self._detector.assemble(decoded, has_face, torch.stack(rows))
+            rows = self._embeddings.submit(list(faces.crops[kept])).result()
+        return self._detector.assemble(decoded, faces.has_face, torch.stack(rows))
 
-    def _crop_batch(self, frames: list[np.ndarray]) -> list[_Crop]:
-        result = self._detector.crop_faces(frames)
-        return [_Crop(crop, face) for crop, face in zip(result.crops, result.has_face, strict=True)]
+    def _detect_batch(self, frames: list[np.ndarray]) -> list[Box | None]:
+        return self._detector.detect_faces(frames)
 
     def _embed_batch(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(self._detector.embed(torch.stack(crops)))

@@ -92,7 +92,7 @@ class WorkerSettings(BaseSettings):
         "on CPU it needs a C++ compiler).",
     )
     max_batch_frames: PositiveInt = Field(
-        256, description="Most frames per face-crop / backbone batch, shared across videos."
+        256, description="Most frames per face-detection / backbone batch, shared across videos."
     )
     max_wait_ms: Annotated[float, Field(ge=0)] = Field(
         10.0, description="Longest a partial batch waits for more frames or videos."

@@ -41,9 +41,10 @@ def test_to_device_uploads_through_pinned_memory() -> None:
 
 
 def test_face_crops_stay_on_the_card_and_match_the_cpu(frames: list[np.ndarray]) -> None:
-    face = FaceSpec(min_face_size=20)
-    on_cpu = FaceCropper(face, 96, "cpu").crop(frames)
-    on_card = FaceCropper(face, 96, CUDA).crop(frames)
+    face = FaceSpec(min_face_size=20, box_smoothing_s=0.2)
+    stamps = [index / 10 for index in range(len(frames))]
+    on_cpu = FaceCropper(face, 96, "cpu").crop(frames, stamps)
+    on_card = FaceCropper(face, 96, CUDA).crop(frames, stamps)
     assert on_card.crops.device.type == "cuda"
     assert on_card.has_face == on_cpu.has_face == [True] * 4 + [False] * 2
     for gpu_box, cpu_box in zip(on_card.boxes[:4], on_cpu.boxes[:4], strict=True):

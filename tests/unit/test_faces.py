@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from skimage import data
 
-from models.faces import FaceCropper, crop_square, square_box
+from models.faces import FaceCropper, FaceCrops, crop_square, square_box
 from models.spec import FaceSpec
+from models.tracking import smooth_boxes
 
 CROP = 64
 # The astronaut's face in skimage's 512x512 image: a point between the eyes and nose.
@@ -49,6 +50,11 @@ def centre(box: tuple[float, float, float, float]) -> tuple[float, float]:
 
 def contains(box: tuple[float, float, float, float], point: tuple[float, float]) -> bool:
     return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
+
+
+def crop_all(cropper: FaceCropper, frames: list[np.ndarray]) -> FaceCrops:
+    """Crops of frames pooled from anywhere: detected together, each cut around its own box."""
+    return cropper.cut(frames, cropper.detect(frames))
 
 
 def test_square_box_inside_frame() -> None:
@@ -102,7 +108,7 @@ def test_finds_the_astronaut_face_at_two_frame_sizes(
     cropper: FaceCropper, astronaut: np.ndarray
 ) -> None:
     frame_256 = resized(astronaut, 256)
-    result = cropper.crop([frame_256, astronaut, frame_256])
+    result = crop_all(cropper, [frame_256, astronaut, frame_256])
     assert result.has_face == [True, True, True]
     assert result.crops.shape == (3, 3, CROP, CROP)
     assert result.crops.dtype == torch.uint8
@@ -118,16 +124,16 @@ def test_finds_the_astronaut_face_at_two_frame_sizes(
 
 
 def test_detection_on_a_downscaled_frame_maps_boxes_back(astronaut: np.ndarray) -> None:
-    full = FaceCropper(FaceSpec(min_face_size=20), CROP).crop([astronaut]).boxes[0]
+    full = crop_all(FaceCropper(FaceSpec(min_face_size=20), CROP), [astronaut]).boxes[0]
     downscaled = FaceCropper(FaceSpec(min_face_size=20, detect_max_side=128), CROP)
-    box = downscaled.crop([astronaut]).boxes[0]
+    box = crop_all(downscaled, [astronaut]).boxes[0]
     assert full is not None and box is not None
     assert np.allclose(np.array(box), np.array(full), atol=0.1 * 512)
     assert contains(box, FACE_POINT_512)
 
 
 def test_face_crop_is_centred_on_the_face(cropper: FaceCropper, astronaut: np.ndarray) -> None:
-    result = cropper.crop([astronaut])
+    result = crop_all(cropper, [astronaut])
     box = result.boxes[0]
     assert box is not None
     x0, y0, x1, y1 = square_box(box, cropper.face.margin, 512, 512)
@@ -145,7 +151,7 @@ def test_face_crop_is_centred_on_the_face(cropper: FaceCropper, astronaut: np.nd
     ids=["blank", "uniform", "noise"],
 )
 def test_no_face_on_frames_without_faces(cropper: FaceCropper, frame: np.ndarray) -> None:
-    result = cropper.crop([frame])
+    result = crop_all(cropper, [frame])
     assert result.has_face == [False]
     assert result.boxes == [None]
     assert result.crops.shape == (1, 3, CROP, CROP)
@@ -153,27 +159,27 @@ def test_no_face_on_frames_without_faces(cropper: FaceCropper, frame: np.ndarray
 
 def test_no_face_crop_is_the_letterboxed_frame(cropper: FaceCropper) -> None:
     frame = np.full((100, 200, 3), 128, dtype=np.uint8)
-    crop = cropper.crop([frame]).crops[0]
+    crop = crop_all(cropper, [frame]).crops[0]
     assert bool((crop[:, CROP // 2, :] == 128).all())
     assert int(crop[:, 0, :].sum()) == 0
     assert int(crop[:, CROP - 1, :].sum()) == 0
 
 
 def test_frames_smaller_than_the_minimum_face_have_no_face(cropper: FaceCropper) -> None:
-    result = cropper.crop([np.full((30, 30, 3), 90, dtype=np.uint8)])
+    result = crop_all(cropper, [np.full((30, 30, 3), 90, dtype=np.uint8)])
     assert result.has_face == [False]
 
 
 def test_largest_face_is_chosen(small_face_cropper: FaceCropper, astronaut: np.ndarray) -> None:
     big, small = resized(astronaut, 256), resized(astronaut, 128)
-    assert small_face_cropper.crop([small]).has_face == [True]
+    assert crop_all(small_face_cropper, [small]).has_face == [True]
     big_first = np.zeros((256, 384, 3), dtype=np.uint8)
     big_first[:, :256] = big
     big_first[64:192, 256:] = small
     small_first = np.zeros((256, 384, 3), dtype=np.uint8)
     small_first[64:192, :128] = small
     small_first[:, 128:] = big
-    first, second = small_face_cropper.crop([big_first, small_first]).boxes
+    first, second = crop_all(small_face_cropper, [big_first, small_first]).boxes
     assert first is not None and second is not None
     assert contains(first, (FACE_POINT_512[0] / 2, FACE_POINT_512[1] / 2))
     assert contains(second, (128 + FACE_POINT_512[0] / 2, FACE_POINT_512[1] / 2))
@@ -182,7 +188,7 @@ def test_largest_face_is_chosen(small_face_cropper: FaceCropper, astronaut: np.n
 def test_detector_none_uses_the_whole_frame() -> None:
     cropper = FaceCropper(FaceSpec(detector="none"), CROP)
     frame = np.full((100, 200, 3), 77, dtype=np.uint8)
-    result = cropper.crop([frame, frame])
+    result = crop_all(cropper, [frame, frame])
     assert result.has_face == [True, True]
     assert result.boxes == [(0.0, 0.0, 200.0, 100.0)] * 2
     assert bool((result.crops[:, :, CROP // 2, :] == 77).all())
@@ -190,21 +196,21 @@ def test_detector_none_uses_the_whole_frame() -> None:
 
 
 def test_no_frames_give_an_empty_batch(cropper: FaceCropper) -> None:
-    result = cropper.crop([])
+    result = crop_all(cropper, [])
     assert result.crops.shape == (0, 3, CROP, CROP)
     assert result.has_face == []
 
 
 def test_rejects_frames_that_are_not_rgb_uint8(cropper: FaceCropper) -> None:
     with pytest.raises(ValueError, match="uint8 RGB"):
-        cropper.crop([np.zeros((32, 32), dtype=np.uint8)])
+        crop_all(cropper, [np.zeros((32, 32), dtype=np.uint8)])
     with pytest.raises(ValueError, match="uint8 RGB"):
-        cropper.crop([np.zeros((32, 32, 3), dtype=np.float32)])
+        crop_all(cropper, [np.zeros((32, 32, 3), dtype=np.float32)])
 
 
 def test_crops_are_deterministic(cropper: FaceCropper, astronaut: np.ndarray) -> None:
     frames = [resized(astronaut, 256), np.zeros((64, 96, 3), dtype=np.uint8)]
-    assert torch.equal(cropper.crop(frames).crops, cropper.crop(frames).crops)
+    assert torch.equal(crop_all(cropper, frames).crops, crop_all(cropper, frames).crops)
 
 
 def test_finds_faces_in_decoded_h264_frames(
@@ -221,8 +227,49 @@ def test_finds_faces_in_decoded_h264_frames(
     with av.open(str(path)) as container:
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(decoded) == 4
-    result = cropper.crop(decoded)
+    result = crop_all(cropper, decoded)
     assert result.has_face == [True] * 4
     for box in result.boxes:
         assert box is not None
         assert contains(box, (FACE_POINT_512[0] / 2, FACE_POINT_512[1] / 2))
+
+
+def _panning_astronaut(astronaut: np.ndarray, count: int) -> list[np.ndarray]:
+    """The astronaut's face moving steadily right across a 256 px frame, 3 px per frame."""
+    face = resized(astronaut, 256)
+    return [np.roll(face, 3 * index, axis=1) for index in range(count)]
+
+
+def test_crop_smooths_a_videos_face_boxes_over_time(astronaut: np.ndarray) -> None:
+    frames = _panning_astronaut(astronaut, 8)
+    stamps = [index / 10 for index in range(len(frames))]
+    smoothing = FaceCropper(FaceSpec(box_smoothing_s=0.3), CROP)
+    detected = smoothing.detect(frames)
+    result = smoothing.crop(frames, stamps)
+    assert result.boxes == smooth_boxes(detected, stamps, 0.3)
+    assert result.boxes != detected
+    assert torch.equal(result.crops, smoothing.cut(frames, result.boxes).crops)
+    steps = np.diff([centre(box)[0] for box in result.boxes if box is not None])
+    raw_steps = np.diff([centre(box)[0] for box in detected if box is not None])
+    assert np.abs(steps - 3).max() <= np.abs(raw_steps - 3).max()
+
+
+def test_crop_without_smoothing_cuts_the_detected_boxes(
+    cropper: FaceCropper, astronaut: np.ndarray
+) -> None:
+    frames = _panning_astronaut(astronaut, 4)
+    result = cropper.crop(frames, [0.0, 0.1, 0.2, 0.3])
+    assert result.boxes == cropper.detect(frames)
+    assert torch.equal(result.crops, crop_all(cropper, frames).crops)
+
+
+def test_whole_frames_are_not_tracked() -> None:
+    cropper = FaceCropper(FaceSpec(detector="none", box_smoothing_s=1.0), CROP)
+    frames = [np.full((101, 161, 3), 50, dtype=np.uint8)] * 3
+    result = cropper.crop(frames, [0.0, 0.1, 0.2])
+    assert result.boxes == [(0.0, 0.0, 161.0, 101.0)] * 3
+
+
+def test_cut_needs_one_box_per_frame(cropper: FaceCropper) -> None:
+    with pytest.raises(ValueError, match="boxes for"):
+        cropper.cut([np.zeros((32, 32, 3), dtype=np.uint8)], [])

@@ -51,7 +51,8 @@ def detector(files: dict[str, Path]) -> Detector:
 def _staged(detector: Detector, path: Path) -> Prediction:
     """The stages the worker runs, called one by one."""
     video = detector.decode(path)
-    faces = detector.crop_faces(video.frames)
+    boxes = detector.detect_faces(video.frames)
+    faces = detector.cut_faces(video.frames, video.timestamps_s, boxes)
     kept = detector.keep(faces.has_face)
     embeddings = detector.embed(faces.crops[kept])
     return detector.classify([detector.assemble(video, faces.has_face, embeddings)])[0]
@@ -98,12 +99,16 @@ def test_embedding_frames_pooled_from_several_videos(
     detector: Detector, files: dict[str, Path]
 ) -> None:
     videos = [detector.decode(files["noise_a"]), detector.decode(files["noise_b"])]
-    faces = detector.crop_faces([f for v in videos for f in v.frames])
-    pooled = detector.embed(faces.crops)
+    boxes = detector.detect_faces([f for v in videos for f in v.frames])
     first = len(videos[0].frames)
+    faces = [
+        detector.cut_faces(videos[0].frames, videos[0].timestamps_s, boxes[:first]),
+        detector.cut_faces(videos[1].frames, videos[1].timestamps_s, boxes[first:]),
+    ]
+    pooled = detector.embed(torch.cat([faces[0].crops, faces[1].crops]))
     features = [
-        detector.assemble(videos[0], faces.has_face[:first], pooled[:first]),
-        detector.assemble(videos[1], faces.has_face[first:], pooled[first:]),
+        detector.assemble(videos[0], faces[0].has_face, pooled[:first]),
+        detector.assemble(videos[1], faces[1].has_face, pooled[first:]),
     ]
     for item, name in zip(features, ("noise_a", "noise_b"), strict=True):
         alone = detector.extract(files[name])
@@ -194,7 +199,7 @@ def test_resnet50_and_mtcnn_on_an_astronaut_video(tmp_path: Path) -> None:
     detector = Detector.load(make_checkpoint(tmp_path / "r50.safetensors", spec=spec))
 
     decoded = detector.decode(video)
-    faces = detector.crop_faces(decoded.frames)
+    faces = detector.crop_faces(decoded.frames, decoded.timestamps_s)
     assert faces.has_face == [True, True, False, False]
     x1, y1, x2, y2 = faces.boxes[0] or (0, 0, 0, 0)
     assert 60 < (x1 + x2) / 2 < 160 and 10 < (y1 + y2) / 2 < 110  # the astronaut's face
