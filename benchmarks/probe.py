@@ -132,13 +132,11 @@ def bare_pooled(
         pooled = sum(len(v.frames) for v in group)
         if following is not None and pooled + following <= max_batch_frames:
             continue
-        boxes = detector.detect_faces([frame for v in group for frame in v.frames])
+        found = detector.detect_faces([frame for v in group for frame in v.frames])
         features, offset = [], 0
         kept_crops, spans = [], []
         for v in group:
-            faces = detector.cut_faces(
-                v.frames, v.timestamps_s, boxes[offset : offset + len(v.frames)]
-            )
+            faces = detector.cut_faces(found[offset : offset + len(v.frames)], v.timestamps_s)
             kept = detector.keep(faces.has_face)
             spans.append((v, faces.has_face, kept))
             kept_crops.append(faces.crops[kept])

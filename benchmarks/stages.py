@@ -111,11 +111,11 @@ def _decode_all(
 def _crops(detector: Detector, videos: Sequence[DecodedVideo], batch: int) -> torch.Tensor:
     """Faces detected in batches of frames pooled from the videos, then cut per video."""
     frames = [frame for video in videos for frame in video.frames]
-    boxes = [box for chunk in _chunks(frames, batch) for box in detector.detect_faces(chunk)]
+    found = [d for chunk in _chunks(frames, batch) for d in detector.detect_faces(chunk)]
     crops, offset = [], 0
     for video in videos:
-        span = boxes[offset : offset + len(video.frames)]
-        crops.append(detector.cut_faces(video.frames, video.timestamps_s, span).crops)
+        span = found[offset : offset + len(video.frames)]
+        crops.append(detector.cut_faces(span, video.timestamps_s).crops)
         offset += len(video.frames)
     return torch.cat(crops)
 
@@ -161,7 +161,7 @@ def _stage_results(
         lambda: [detector.classify(part) for part in _chunks(features, settings.classify_batch)],
         repeats,
     )
-    results["classify"] = _rate(len(frames), seconds, videos=len(videos))
+    results["classify"] = _rate(frames, seconds, videos=len(videos))
     return results
 
 

@@ -45,6 +45,15 @@ PYRAMID_FACTOR = 0.709  # MTCNN's image-pyramid scale step (facenet-pytorch defa
 
 
 @dataclass(frozen=True)
+class FaceDetection:
+    """One frame's largest face box (None: no face) and the frame on the cropper's device, so
+    that cutting its crop later needs no second upload."""
+
+    box: Box | None
+    frame: torch.Tensor  # [3, H, W] uint8
+
+
+@dataclass(frozen=True)
 class FaceCrops:
     """One square crop per input frame, in input order."""
 
@@ -67,13 +76,8 @@ def square_box(box: Box, margin: float, frame_w: int, frame_h: int) -> PixelBox:
     return (x0, y0, x0 + side_px, y0 + side_px)
 
 
-def crop_square(
-    frame: torch.Tensor, square: PixelBox, size: int, device: torch.device | None = None
-) -> torch.Tensor:
-    """Cut ``square`` out of a ``[3, H, W]`` uint8 frame, zero padded, resized to ``size``.
-
-    Only the part of the frame inside the square moves to ``device`` (default: the frame's) and
-    is resized there."""
+def crop_square(frame: torch.Tensor, square: PixelBox, size: int) -> torch.Tensor:
+    """Cut ``square`` out of a ``[3, H, W]`` uint8 frame, zero padded, resized to ``size``."""
     height, width = frame.shape[-2:]
     x0, y0, x1, y1 = square
     scale = size / (x1 - x0)
@@ -83,10 +87,7 @@ def crop_square(
     left, top = _scaled_offset(ix0 - x0, scale, size), _scaled_offset(iy0 - y0, scale, size)
     right = max(left + 1, _scaled_offset(ix1 - x0, scale, size))
     bottom = max(top + 1, _scaled_offset(iy1 - y0, scale, size))
-    region = frame[:, iy0:iy1, ix0:ix1]
-    if device is not None and device != region.device:
-        region = to_device(region.contiguous(), device)
-    visible = resize(region, [bottom - top, right - left], antialias=True)
+    visible = resize(frame[:, iy0:iy1, ix0:ix1], [bottom - top, right - left], antialias=True)
     return F.pad(visible, (left, size - right, top, size - bottom))
 
 
@@ -140,13 +141,14 @@ class FaceCropper:
 
     def crop(self, frames: Sequence[np.ndarray], timestamps_s: Sequence[float]) -> FaceCrops:
         """One crop per frame of one video (frames in display order, at `timestamps_s`)."""
-        return self.cut(frames, self.track(self.detect(frames), timestamps_s))
+        detections = self.detect(frames)
+        return self.cut(detections, self.track([d.box for d in detections], timestamps_s))
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Box | None]:
+    def detect(self, frames: Sequence[np.ndarray]) -> list[FaceDetection]:
         """The largest face of each ``H x W x 3`` uint8 RGB frame (None where none is found; the
         whole frame for detector "none"). Frames may differ in size and come from several videos:
-        one batched detection per frame size."""
-        boxes: list[Box | None] = [None] * len(frames)
+        one upload and one batched detection per frame size."""
+        detections: list[FaceDetection | None] = [None] * len(frames)
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, frame in enumerate(frames):
             _check_frame(frame, index)
@@ -154,9 +156,10 @@ class FaceCropper:
         for indices in by_size.values():
             stacked = np.stack([frames[i] for i in indices])
             batch = to_device(torch.from_numpy(stacked), self.device).permute(0, 3, 1, 2)
-            for index, box in zip(indices, self._find_faces(batch), strict=True):
-                boxes[index] = box
-        return boxes
+            found = self._find_faces(batch)
+            for index, frame, box in zip(indices, batch, found, strict=True):
+                detections[index] = FaceDetection(box, frame)
+        return [d for d in detections if d is not None]
 
     def track(self, boxes: Sequence[Box | None], timestamps_s: Sequence[float]) -> list[Box | None]:
         """One video's boxes smoothed over time (`FaceSpec.box_smoothing_s`; `models.tracking`)."""
@@ -164,24 +167,21 @@ class FaceCropper:
             return list(boxes)
         return smooth_boxes(boxes, timestamps_s, self.face.box_smoothing_s)
 
-    def cut(self, frames: Sequence[np.ndarray], boxes: Sequence[Box | None]) -> FaceCrops:
-        """The square crop around each frame's box (the letterboxed frame where it is None), on
-        the cropper's device (on CUDA only the square's pixels are copied there)."""
-        if len(frames) != len(boxes):
-            raise ValueError(f"{len(boxes)} boxes for {len(frames)} frames")
+    def cut(self, detections: Sequence[FaceDetection], boxes: Sequence[Box | None]) -> FaceCrops:
+        """The square crop around the box given for each detection's frame (the letterboxed
+        frame where it is None), on the cropper's device."""
+        if len(detections) != len(boxes):
+            raise ValueError(f"{len(boxes)} boxes for {len(detections)} frames")
         size = self.crop_size
-        crops = torch.zeros((len(frames), 3, size, size), dtype=torch.uint8, device=self.device)
-        for index, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
-            _check_frame(frame, index)
-            height, width = frame.shape[:2]
+        crops = torch.zeros((len(boxes), 3, size, size), dtype=torch.uint8, device=self.device)
+        for index, (detection, box) in enumerate(zip(detections, boxes, strict=True)):
+            height, width = detection.frame.shape[-2:]
             square = (
                 square_box((0.0, 0.0, float(width), float(height)), 0.0, width, height)
                 if box is None
                 else square_box(box, self.face.margin, width, height)
             )
-            writable = frame if frame.flags.writeable else frame.copy()  # torch wants writable
-            pixels = torch.from_numpy(writable).permute(2, 0, 1)
-            crops[index] = crop_square(pixels, square, size, self.device)
+            crops[index] = crop_square(detection.frame, square, size)
         return FaceCrops(crops=crops, has_face=[b is not None for b in boxes], boxes=list(boxes))
 
     def _find_faces(self, batch: torch.Tensor) -> list[Box | None]:

@@ -33,10 +33,9 @@ from models.backbones import FrameEmbedder, build_backbone, weights_digest
 from models.checkpoint import load_checkpoint
 from models.ensemble import Ensemble
 from models.errors import NoFace
-from models.faces import FaceCropper, FaceCrops
+from models.faces import FaceCropper, FaceCrops, FaceDetection
 from models.heads import pad_sequences
 from models.spec import DecodeLimits, PipelineSpec
-from models.tracking import Box
 from models.video import DecodedVideo, Source, decode_frames
 
 logger = logging.getLogger(__name__)
@@ -155,19 +154,18 @@ class Detector:
         """The sampled frames of one video (safe to call from several threads)."""
         return decode_frames(source, self.spec.sampling, self.decode_limits, threads=threads)
 
-    def detect_faces(self, frames: Sequence[np.ndarray]) -> list[Box | None]:
-        """The largest face box of each frame (frames of several videos may be pooled)."""
+    def detect_faces(self, frames: Sequence[np.ndarray]) -> list[FaceDetection]:
+        """The largest face of each frame, with the frame on the detector's device (frames of
+        several videos may be pooled)."""
         return self._cropper.detect(frames)
 
     def cut_faces(
-        self,
-        frames: Sequence[np.ndarray],
-        timestamps_s: Sequence[float],
-        boxes: Sequence[Box | None],
+        self, detections: Sequence[FaceDetection], timestamps_s: Sequence[float]
     ) -> FaceCrops:
-        """One `input_size` square crop per frame of one video, on the detector's device, around
-        its face boxes (from `detect_faces`) smoothed over the video's face track."""
-        return self._cropper.cut(frames, self._cropper.track(boxes, timestamps_s))
+        """One `input_size` square crop per frame of one video (its `detect_faces` results, in
+        order), on the detector's device, around the face boxes smoothed over the video's track."""
+        boxes = self._cropper.track([d.box for d in detections], timestamps_s)
+        return self._cropper.cut(detections, boxes)
 
     def crop_faces(self, frames: Sequence[np.ndarray], timestamps_s: Sequence[float]) -> FaceCrops:
         """`detect_faces` and `cut_faces` for the frames of one video."""

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from models.errors import PipelineError
+from models.faces import FaceDetection
 from models.pipeline import Detector, Prediction, VideoFeatures
-from models.tracking import Box
 from producer.contracts import (
     ContractError,
     ErrorCode,
@@ -107,7 +107,7 @@ class VideoProcessor:
         self._model_digest = detector.model_digest
         self._model = model_info(detector.spec)
         self._decode_slots = threading.Semaphore(settings.decode_workers)
-        self._faces: DynamicBatcher[np.ndarray, Box | None] = DynamicBatcher(
+        self._faces: DynamicBatcher[np.ndarray, FaceDetection] = DynamicBatcher(
             self._detect_batch,
             settings.max_batch_frames,
             settings.max_wait_ms,
@@ -199,15 +199,15 @@ class VideoProcessor:
         self._metrics.frames_decoded.inc(decoded.frames_decoded)
         self._metrics.frames_sampled.inc(len(decoded.frames))
         with attempt.stage("faces"):
-            boxes = self._faces.submit(decoded.frames).result()
-            faces = self._detector.cut_faces(decoded.frames, decoded.timestamps_s, boxes)
+            detections = self._faces.submit(decoded.frames).result()
+            faces = self._detector.cut_faces(detections, decoded.timestamps_s)
         self._metrics.faces_found.inc(sum(faces.has_face))
         kept = self._detector.keep(faces.has_face)
         with attempt.stage("embed"):
             rows = self._embeddings.submit(list(faces.crops[kept])).result()
         return self._detector.assemble(decoded, faces.has_face, torch.stack(rows))
 
-    def _detect_batch(self, frames: list[np.ndarray]) -> list[Box | None]:
+    def _detect_batch(self, frames: list[np.ndarray]) -> list[FaceDetection]:
         return self._detector.detect_faces(frames)
 
     def _embed_batch(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:

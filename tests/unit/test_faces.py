@@ -54,7 +54,8 @@ def contains(box: tuple[float, float, float, float], point: tuple[float, float])
 
 def crop_all(cropper: FaceCropper, frames: list[np.ndarray]) -> FaceCrops:
     """Crops of frames pooled from anywhere: detected together, each cut around its own box."""
-    return cropper.cut(frames, cropper.detect(frames))
+    detections = cropper.detect(frames)
+    return cropper.cut(detections, [d.box for d in detections])
 
 
 def test_square_box_inside_frame() -> None:
@@ -244,11 +245,12 @@ def test_crop_smooths_a_videos_face_boxes_over_time(astronaut: np.ndarray) -> No
     frames = _panning_astronaut(astronaut, 8)
     stamps = [index / 10 for index in range(len(frames))]
     smoothing = FaceCropper(FaceSpec(box_smoothing_s=0.3), CROP)
-    detected = smoothing.detect(frames)
+    detections = smoothing.detect(frames)
+    detected = [d.box for d in detections]
     result = smoothing.crop(frames, stamps)
     assert result.boxes == smooth_boxes(detected, stamps, 0.3)
     assert result.boxes != detected
-    assert torch.equal(result.crops, smoothing.cut(frames, result.boxes).crops)
+    assert torch.equal(result.crops, smoothing.cut(detections, result.boxes).crops)
     steps = np.diff([centre(box)[0] for box in result.boxes if box is not None])
     raw_steps = np.diff([centre(box)[0] for box in detected if box is not None])
     assert np.abs(steps - 3).max() <= np.abs(raw_steps - 3).max()
@@ -259,7 +261,7 @@ def test_crop_without_smoothing_cuts_the_detected_boxes(
 ) -> None:
     frames = _panning_astronaut(astronaut, 4)
     result = cropper.crop(frames, [0.0, 0.1, 0.2, 0.3])
-    assert result.boxes == cropper.detect(frames)
+    assert result.boxes == [d.box for d in cropper.detect(frames)]
     assert torch.equal(result.crops, crop_all(cropper, frames).crops)
 
 
@@ -272,4 +274,4 @@ def test_whole_frames_are_not_tracked() -> None:
 
 def test_cut_needs_one_box_per_frame(cropper: FaceCropper) -> None:
     with pytest.raises(ValueError, match="boxes for"):
-        cropper.cut([np.zeros((32, 32, 3), dtype=np.uint8)], [])
+        cropper.cut(cropper.detect([np.zeros((32, 32, 3), dtype=np.uint8)]), [])

@@ -51,8 +51,7 @@ def detector(files: dict[str, Path]) -> Detector:
 def _staged(detector: Detector, path: Path) -> Prediction:
     """The stages the worker runs, called one by one."""
     video = detector.decode(path)
-    boxes = detector.detect_faces(video.frames)
-    faces = detector.cut_faces(video.frames, video.timestamps_s, boxes)
+    faces = detector.cut_faces(detector.detect_faces(video.frames), video.timestamps_s)
     kept = detector.keep(faces.has_face)
     embeddings = detector.embed(faces.crops[kept])
     return detector.classify([detector.assemble(video, faces.has_face, embeddings)])[0]
@@ -99,11 +98,11 @@ def test_embedding_frames_pooled_from_several_videos(
     detector: Detector, files: dict[str, Path]
 ) -> None:
     videos = [detector.decode(files["noise_a"]), detector.decode(files["noise_b"])]
-    boxes = detector.detect_faces([f for v in videos for f in v.frames])
+    found = detector.detect_faces([f for v in videos for f in v.frames])
     first = len(videos[0].frames)
     faces = [
-        detector.cut_faces(videos[0].frames, videos[0].timestamps_s, boxes[:first]),
-        detector.cut_faces(videos[1].frames, videos[1].timestamps_s, boxes[first:]),
+        detector.cut_faces(found[:first], videos[0].timestamps_s),
+        detector.cut_faces(found[first:], videos[1].timestamps_s),
     ]
     pooled = detector.embed(torch.cat([faces[0].crops, faces[1].crops]))
     features = [
