@@ -129,7 +129,7 @@ def _memory_format(device: torch.device) -> torch.memory_format:
 class FaceCropper:
     """Batched MTCNN face detection, face tracks and square face crops (see the module
     docstring). `crop` runs all three for one video; the worker runs `detect` on frames pooled
-    from several videos, then `track` and `cut` per video."""
+    from several videos, then `crop_detected` (`track` and `cut`) per video."""
 
     def __init__(self, face: FaceSpec, crop_size: int, device: torch.device | str = "cpu") -> None:
         if crop_size < 1:
@@ -141,7 +141,12 @@ class FaceCropper:
 
     def crop(self, frames: Sequence[np.ndarray], timestamps_s: Sequence[float]) -> FaceCrops:
         """One crop per frame of one video (frames in display order, at `timestamps_s`)."""
-        detections = self.detect(frames)
+        return self.crop_detected(self.detect(frames), timestamps_s)
+
+    def crop_detected(
+        self, detections: Sequence[FaceDetection], timestamps_s: Sequence[float]
+    ) -> FaceCrops:
+        """The crops of one video's detections (in display order): `track`, then `cut`."""
         return self.cut(detections, self.track([d.box for d in detections], timestamps_s))
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[FaceDetection]:

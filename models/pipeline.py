@@ -164,8 +164,7 @@ class Detector:
     ) -> FaceCrops:
         """One `input_size` square crop per frame of one video (its `detect_faces` results, in
         order), on the detector's device, around the face boxes smoothed over the video's track."""
-        boxes = self._cropper.track([d.box for d in detections], timestamps_s)
-        return self._cropper.cut(detections, boxes)
+        return self._cropper.crop_detected(detections, timestamps_s)
 
     def crop_faces(self, frames: Sequence[np.ndarray], timestamps_s: Sequence[float]) -> FaceCrops:
         """`detect_faces` and `cut_faces` for the frames of one video."""

@@ -108,7 +108,7 @@ class VideoProcessor:
         self._model = model_info(detector.spec)
         self._decode_slots = threading.Semaphore(settings.decode_workers)
         self._faces: DynamicBatcher[np.ndarray, FaceDetection] = DynamicBatcher(
-            self._detect_batch,
+            detector.detect_faces,
             settings.max_batch_frames,
             settings.max_wait_ms,
             name="faces",
@@ -206,9 +206,6 @@ class VideoProcessor:
         with attempt.stage("embed"):
             rows = self._embeddings.submit(list(faces.crops[kept])).result()
         return self._detector.assemble(decoded, faces.has_face, torch.stack(rows))
-
-    def _detect_batch(self, frames: list[np.ndarray]) -> list[FaceDetection]:
-        return self._detector.detect_faces(frames)
 
     def _embed_batch(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(self._detector.embed(torch.stack(crops)))
