@@ -154,7 +154,7 @@ def evaluate_run(store: FeatureStore, run: Path) -> dict[str, Any]:
         },
         "models": models,
         "ensemble_beats_every_member": models[ENSEMBLE]["test"]["roc_auc"] > max(member_aucs),
-        "test_predictions": _predictions(test_entries, test_scores),
+        "test_predictions": _predictions(store, test_entries, test_scores),
     }
     dump_json(run / REPORT_JSON, report)
     (run / REPORT_MD).write_text(report_markdown(report), encoding="utf-8")
@@ -166,10 +166,10 @@ def evaluate_run(store: FeatureStore, run: Path) -> dict[str, Any]:
 
 
 def _predictions(
-    entries: Sequence[StoreEntry], scores: Mapping[str, np.ndarray]
+    store: FeatureStore, entries: Sequence[StoreEntry], scores: Mapping[str, np.ndarray]
 ) -> dict[str, dict[str, Any]]:
     return {
-        entry.path: {
+        store.video_path(entry): {
             "label": entry.label,
             "fake_probability": float(scores[ENSEMBLE][i]),
             "members": {n: float(s[i]) for n, s in scores.items() if n != ENSEMBLE},

@@ -160,7 +160,8 @@ def extract(
     spec = store.spec
     limits = limits or DecodeLimits()
     extractor = FeatureExtractor(spec, backbone, device)
-    todo = [row for row in rows if not store.contains(row.path)]
+    store.dataset_root = manifest_dir.absolute()
+    todo = [row for row in rows if not store.contains(store_path(row, manifest_dir))]
     counts = {"extracted": 0, "skipped": len(rows) - len(todo), "failed": 0}
 
     def decode(row: ManifestRow) -> DecodedVideo | PipelineError:
@@ -174,21 +175,26 @@ def extract(
     for row, video in track(
         zip(todo, decoded, strict=True), total=len(todo), description="extract"
     ):
+        name = store_path(row, manifest_dir)
         try:
             if isinstance(video, PipelineError):
                 raise video
             augmented = spec.views if row.split == "train" else 0
-            key = os.path.relpath(row.path, manifest_dir)
-            views = extractor.views(video, key, augmented)
+            views = extractor.views(video, name, augmented)
         except PipelineError as error:
             logger.warning("%s: %s %s", row.path, error.code, error.message)
-            store.add_failure(row.path, f"{error.code}: {error.message}")
+            store.add_failure(name, f"{error.code}: {error.message}")
             counts["failed"] += 1
             continue
-        store.add_video(row.path, row.label, row.group, row.split, views)
+        store.add_video(name, row.label, row.group, row.split, views)
         counts["extracted"] += 1
     store.flush()
     return counts
+
+
+def store_path(row: ManifestRow, manifest_dir: Path) -> str:
+    """How the store names a video: its path relative to the manifest's directory."""
+    return os.path.relpath(row.path, manifest_dir)
 
 
 def prefetched(function: Callable[[T], R], items: list[T], depth: int) -> Iterator[R]:

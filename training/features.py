@@ -4,6 +4,9 @@ Layout of a store directory:
 
 - `store.json`: the `StoreSpec` (sampling, face, backbone with its weights digest, augmentation),
   its `spec_hash`, one `StoreEntry` per video view and the videos that failed;
+- videos are named by their path relative to the dataset manifest's directory (`dataset_root`,
+  where `extract` last read them), so a dataset moved or copied together with its manifest resumes
+  its store instead of extracting every video again;
 - `shard-00000.safetensors`, ...: `[T, D]` float32 features keyed by `StoreEntry.key`;
 - `backbone.safetensors`: the weights of the backbone that produced the features.
 
@@ -31,7 +34,7 @@ from training.manifest import Label, Split
 
 logger = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: video paths relative to the manifest's directory
 MANIFEST_FILE = "store.json"
 BACKBONE_FILE = "backbone.safetensors"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
@@ -79,7 +82,10 @@ class StoreSpec(_Model):
 
 
 class StoreEntry(_Model):
-    """One view of one video: where its `[length, D]` features are and what they stand for."""
+    """One view of one video: where its `[length, D]` features are and what they stand for.
+
+    `path` is the video's path relative to its manifest's directory.
+    """
 
     path: str
     label: Label
@@ -112,6 +118,7 @@ class _Manifest(_Model):
     format: int = STORE_FORMAT
     spec: StoreSpec
     spec_hash: str
+    dataset_root: str = ""
     entries: list[StoreEntry] = []
     failures: dict[str, str] = {}
 
@@ -122,6 +129,7 @@ class FeatureStore:
     def __init__(self, root: Path, manifest: _Manifest, shard_videos: int = 64) -> None:
         self.root = root
         self.spec = manifest.spec
+        self.dataset_root = Path(manifest.dataset_root) if manifest.dataset_root else None
         self.entries: list[StoreEntry] = list(manifest.entries)
         self.failures: dict[str, str] = dict(manifest.failures)
         self.shard_videos = shard_videos
@@ -144,7 +152,10 @@ class FeatureStore:
         except ValueError as error:
             raise FeatureStoreError(f"{file} is not a valid store manifest: {error}") from error
         if manifest.format != STORE_FORMAT:
-            raise FeatureStoreError(f"{file}: unknown store format {manifest.format}")
+            raise FeatureStoreError(
+                f"{file}: store format {manifest.format}, this version reads {STORE_FORMAT}; "
+                "extract again into a new directory"
+            )
         if manifest.spec_hash != manifest.spec.spec_hash:
             raise FeatureStoreError(f"{file}: spec_hash does not match its spec")
         return cls(root, manifest)
@@ -173,6 +184,12 @@ class FeatureStore:
     @property
     def spec_hash(self) -> str:
         return self.spec.spec_hash
+
+    def video_path(self, entry: StoreEntry) -> str:
+        """Where the video of `entry` was read: its path under `dataset_root`."""
+        if self.dataset_root is None:
+            raise FeatureStoreError(f"{self.root}: no dataset root recorded")
+        return os.path.normpath(self.dataset_root / entry.path)
 
     def contains(self, path: str) -> bool:
         """Whether `path` was already extracted (or failed) and need not be extracted again."""
@@ -256,7 +273,11 @@ class FeatureStore:
 
     def _write_manifest(self) -> None:
         manifest = _Manifest(
-            spec=self.spec, spec_hash=self.spec_hash, entries=self.entries, failures=self.failures
+            spec=self.spec,
+            spec_hash=self.spec_hash,
+            dataset_root=str(self.dataset_root or ""),
+            entries=self.entries,
+            failures=self.failures,
         )
         _atomic_write(self.root / MANIFEST_FILE, manifest.model_dump_json(indent=1))
 

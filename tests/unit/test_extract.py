@@ -1,0 +1,60 @@
+"""`extract`: a dataset copied elsewhere with its manifest resumes its feature store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.videos import index_frames, make_video
+from training.cli import main
+from training.manifest import ManifestRow, write_manifest
+
+SPLITS = ("train", "val", "test")
+
+
+def _dataset(root: Path) -> Path:
+    rows = []
+    (root / "clips").mkdir(parents=True)
+    for i in range(3):
+        path = make_video(root / "clips" / f"v{i}.mp4", index_frames(6), fps=6)
+        rows.append(ManifestRow(str(path), "real" if i % 2 else "fake", f"g{i}", SPLITS[i]))
+    write_manifest(root / "manifest.csv", rows)
+    return root / "manifest.csv"
+
+
+def _extract(manifest: Path, store: Path) -> None:
+    args = [
+        "extract",
+        "--manifest",
+        manifest,
+        "--out",
+        store,
+        "--arch",
+        "mobilenet_v3_large",
+        "--weights",
+        "none",
+        "--detector",
+        "none",
+        "--input-size",
+        "32",
+        "--inference-frames",
+        "3",
+        "--sampling",
+        "uniform",
+    ]
+    assert main([str(a) for a in args]) == 0
+
+
+def test_a_moved_dataset_resumes_its_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    _extract(_dataset(tmp_path / "here"), store)
+    first = json.loads((store / "store.json").read_text())
+    assert sorted(e["path"] for e in first["entries"]) == [f"clips/v{i}.mp4" for i in range(3)]
+    assert first["dataset_root"] == str((tmp_path / "here").absolute())
+
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    _extract(tmp_path / "there" / "manifest.csv", store)
+    second = json.loads((store / "store.json").read_text())
+    assert second["entries"] == first["entries"]  # nothing extracted again
+    assert second["dataset_root"] == str((tmp_path / "there").absolute())
