@@ -160,6 +160,7 @@ def extract(
     spec = store.spec
     limits = limits or DecodeLimits()
     extractor = FeatureExtractor(spec, backbone, device)
+    check_same_placement(store, rows, manifest_dir)
     store.dataset_root = manifest_dir.absolute()
     todo = [row for row in rows if not store.contains(store_path(row, manifest_dir))]
     counts = {"extracted": 0, "skipped": len(rows) - len(todo), "failed": 0}
@@ -195,6 +196,23 @@ def extract(
 def store_path(row: ManifestRow, manifest_dir: Path) -> str:
     """How the store names a video: its path relative to the manifest's directory."""
     return os.path.relpath(row.path, manifest_dir)
+
+
+def check_same_placement(
+    store: FeatureStore, rows: Sequence[ManifestRow], manifest_dir: Path
+) -> None:
+    """Refuse a manifest that puts a stored video in another split (or label, or group): the store
+    would keep its old placement, and a TEST video could end up trained on."""
+    held = {entry.path: (entry.label, entry.group, entry.split) for entry in store.entries}
+    for row in rows:
+        name = store_path(row, manifest_dir)
+        stored = held.get(name, (row.label, row.group, row.split))
+        if stored != (row.label, row.group, row.split):
+            raise SpecMismatch(
+                f"{name} is stored as label/group/split {'/'.join(stored)}, but the manifest says "
+                f"{row.label}/{row.group}/{row.split}; a store serves one manifest: use another "
+                "--out directory"
+            )
 
 
 def prefetched(function: Callable[[T], R], items: list[T], depth: int) -> Iterator[R]:

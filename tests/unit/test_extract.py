@@ -1,14 +1,19 @@
-"""`extract`: a dataset copied elsewhere with its manifest resumes its feature store."""
+"""`extract`: a dataset copied elsewhere with its manifest resumes its feature store; a manifest
+that places a stored video elsewhere is refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.videos import index_frames, make_video
 from training.cli import main
-from training.manifest import ManifestRow, write_manifest
+from training.features import SpecMismatch
+from training.manifest import ManifestRow, read_manifest, write_manifest
 
 SPLITS = ("train", "val", "test")
 
@@ -58,3 +63,12 @@ def test_a_moved_dataset_resumes_its_store(tmp_path: Path) -> None:
     second = json.loads((store / "store.json").read_text())
     assert second["entries"] == first["entries"]  # nothing extracted again
     assert second["dataset_root"] == str((tmp_path / "there").absolute())
+
+
+def test_a_manifest_with_other_splits_is_refused(tmp_path: Path) -> None:
+    manifest, store = _dataset(tmp_path / "data"), tmp_path / "store"
+    _extract(manifest, store)
+    rows = read_manifest(manifest)
+    write_manifest(manifest, [dataclasses.replace(rows[0], split="test"), *rows[1:]])
+    with pytest.raises(SpecMismatch, match=r"clips/v0\.mp4 is stored as .*/train"):
+        _extract(manifest, store)
