@@ -80,12 +80,11 @@ class Sample:
 
     features: Tensor
     target: int
-    path: str
 
 
 def load_samples(store: FeatureStore, entries: Sequence[StoreEntry]) -> list[Sample]:
     """The features and targets of `entries`."""
-    return [Sample(store.features(e), e.target, e.path) for e in entries]
+    return [Sample(store.features(e), e.target) for e in entries]
 
 
 def parse_members(text: str, base: MemberSpec = MEMBER_BASE) -> tuple[MemberSpec, ...]:

@@ -134,8 +134,8 @@ def test_temporal_change_flag_reaches_the_named_members() -> None:
 
 def test_feature_statistics_over_all_frames() -> None:
     samples = [
-        Sample(torch.tensor([[1.0, 5.0], [3.0, 5.0]]), 0, "a"),
-        Sample(torch.tensor([[5.0, 5.0]]), 1, "b"),
+        Sample(torch.tensor([[1.0, 5.0], [3.0, 5.0]]), 0),
+        Sample(torch.tensor([[5.0, 5.0]]), 1),
     ]
     mean, std = feature_statistics(samples)
     assert mean.tolist() == pytest.approx([3.0, 5.0])
@@ -172,7 +172,7 @@ def test_train_member_learns_a_separable_problem() -> None:
         length = 3 + index % 6
         features = torch.randn(length, 6, generator=generator)
         features[:, 0] += 1.5 if target else -1.5
-        return Sample(features, target, f"{target}/{index}")
+        return Sample(features, target)
 
     train = [sample(int(i % 4 == 0), i) for i in range(48)]  # 1 fake : 3 real
     val = [sample(i % 2, i) for i in range(16)]
@@ -195,7 +195,7 @@ def test_standardized_member_learns_uncentred_features_and_keeps_train_statistic
     def sample(target: int, index: int) -> Sample:
         features = 5.0 + torch.rand(6, dim, generator=generator) * 3.0
         features[:, :16] += 3.0 if target else 0.0
-        return Sample(features, target, f"{target}/{index}")
+        return Sample(features, target)
 
     train = [sample(i % 2, i) for i in range(48)]
     val = [sample(i % 2, i) for i in range(16)]
