@@ -160,9 +160,10 @@ def extract(
     spec = store.spec
     limits = limits or DecodeLimits()
     extractor = FeatureExtractor(spec, backbone, device)
-    check_same_placement(store, rows, manifest_dir)
+    named = [(store_path(row, manifest_dir), row) for row in rows]
+    check_same_placement(store, named)
     store.dataset_root = manifest_dir.absolute()
-    todo = [row for row in rows if not store.contains(store_path(row, manifest_dir))]
+    todo = [(name, row) for name, row in named if not store.contains(name)]
     counts = {"extracted": 0, "skipped": len(rows) - len(todo), "failed": 0}
 
     def decode(row: ManifestRow) -> DecodedVideo | PipelineError:
@@ -172,11 +173,10 @@ def extract(
         except PipelineError as error:
             return error
 
-    decoded = prefetched(decode, todo, prefetch)
-    for row, video in track(
+    decoded = prefetched(decode, [row for _, row in todo], prefetch)
+    for (name, row), video in track(
         zip(todo, decoded, strict=True), total=len(todo), description="extract"
     ):
-        name = store_path(row, manifest_dir)
         try:
             if isinstance(video, PipelineError):
                 raise video
@@ -198,14 +198,12 @@ def store_path(row: ManifestRow, manifest_dir: Path) -> str:
     return os.path.relpath(row.path, manifest_dir)
 
 
-def check_same_placement(
-    store: FeatureStore, rows: Sequence[ManifestRow], manifest_dir: Path
-) -> None:
-    """Refuse a manifest that puts a stored video in another split (or label, or group): the store
-    would keep its old placement, and a TEST video could end up trained on."""
+def check_same_placement(store: FeatureStore, named: Sequence[tuple[str, ManifestRow]]) -> None:
+    """Refuse manifest rows (with their store names) that put a stored video in another split
+    (or label, or group): the store would keep its old placement, and a TEST video could end up
+    trained on."""
     held = {entry.path: (entry.label, entry.group, entry.split) for entry in store.entries}
-    for row in rows:
-        name = store_path(row, manifest_dir)
+    for name, row in named:
         stored = held.get(name, (row.label, row.group, row.split))
         if stored != (row.label, row.group, row.split):
             raise SpecMismatch(
