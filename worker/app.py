@@ -20,9 +20,10 @@ from models.errors import CheckpointError, WeightsError
 from models.pipeline import Detector
 from worker.cache import LruFeatureCache, RedisFeatureCache, ResilientCache
 from worker.consumer import LoopSettings, StartupError, StreamWorker
+from worker.handler import MessageHandler
 from worker.health import HealthServer
 from worker.metrics import Metrics
-from worker.processing import MessageHandler, ProcessingSettings, VideoProcessor
+from worker.processing import ProcessingSettings, VideoProcessor
 from worker.settings import WorkerSettings
 from worker.sources import SourcePolicy
 

@@ -6,15 +6,10 @@ face detection through a dynamic batcher shared by every in-flight video -> the 
 track and crops -> backbone embeddings through another shared batcher -> feature store] ->
 ensemble (batched across videos) -> prediction store.
 It never raises: every failure becomes an error verdict with a precise code.
-
-`MessageHandler` turns one Kafka message into the records to produce: a verdict, or for a message
-that breaks the contract its dead-letter copy plus (when a request id is recoverable) an error
-verdict.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -23,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,20 +25,12 @@ import torch
 from models.errors import PipelineError
 from models.faces import FaceDetection
 from models.pipeline import Detector, Prediction, VideoFeatures
-from producer.contracts import (
-    ContractError,
-    ErrorCode,
-    Verdict,
-    VideoRequest,
-    parse_request,
-    utcnow,
-)
+from producer.contracts import ErrorCode, Verdict, VideoRequest, utcnow
 from worker.batcher import DynamicBatcher
 from worker.cache import CacheStatus, ResilientCache, cache_key, prediction_key
-from worker.messages import Inbound, Outbound
 from worker.metrics import Metrics
 from worker.sources import SourceError, SourcePolicy, file_digest, open_source
-from worker.verdicts import dlq_headers, error_verdict, model_info, ok_verdict
+from worker.verdicts import error_verdict, model_info, ok_verdict
 
 log = logging.getLogger(__name__)
 
@@ -238,78 +224,3 @@ class VideoProcessor:
             "miss": self._metrics.cache_misses,
             "bypass": self._metrics.cache_bypass,
         }[status].inc()
-
-
-class MessageHandler:
-    """One consumed message -> the records to produce (see the module docstring)."""
-
-    def __init__(
-        self,
-        processor: VideoProcessor,
-        verdicts_topic: str,
-        dlq_topic: str,
-        worker_id: str,
-        metrics: Metrics,
-    ) -> None:
-        self._processor = processor
-        self._verdicts_topic = verdicts_topic
-        self._dlq_topic = dlq_topic
-        self._worker_id = worker_id
-        self._metrics = metrics
-
-    def __call__(self, inbound: Inbound) -> list[Outbound]:
-        try:
-            request = parse_request(inbound.value)
-        except ContractError as exc:
-            return self._rejected(inbound, exc)
-        verdict = self._processor.process(request)
-        return [self._verdict_record(verdict)]
-
-    def _rejected(self, inbound: Inbound, error: ContractError) -> list[Outbound]:
-        code = ErrorCode(error.code)
-        self._metrics.dlq_messages.labels(code=code.value).inc()
-        log.warning(
-            "request rejected to the dead-letter topic",
-            extra={
-                "request_id": error.request_id,
-                "code": code.value,
-                "reason": error.message,
-                "partition": inbound.partition,
-                "offset": inbound.offset,
-            },
-        )
-        records = [
-            Outbound(
-                topic=self._dlq_topic,
-                key=inbound.key,
-                value=inbound.value or b"",
-                headers=dlq_headers(inbound, code, error.message),
-            )
-        ]
-        if error.request_id is not None:
-            self._metrics.requests.labels(status="error", code=code.value).inc()
-            verdict = error_verdict(
-                error.request_id,
-                _recover_uri(inbound.value),
-                code,
-                error.message,
-                worker_id=self._worker_id,
-                completed_at=utcnow(),
-            )
-            records.append(self._verdict_record(verdict))
-        return records
-
-    def _verdict_record(self, verdict: Verdict) -> Outbound:
-        return Outbound(
-            topic=self._verdicts_topic, key=verdict.request_id.encode(), value=verdict.to_bytes()
-        )
-
-
-def _recover_uri(raw: bytes | None) -> str:
-    """The request's `video_uri` when the message is a JSON object holding a string one."""
-    try:
-        document: Any = json.loads(raw or b"")
-    except ValueError:
-        return ""
-    uri = document.get("video_uri") if isinstance(document, dict) else None
-    return uri if isinstance(uri, str) else ""

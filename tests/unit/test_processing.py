@@ -26,9 +26,10 @@ from worker.cache import (
     ResilientCache,
     prediction_key,
 )
+from worker.handler import MessageHandler
 from worker.messages import Inbound
 from worker.metrics import Metrics
-from worker.processing import MessageHandler, ProcessingSettings, VideoProcessor
+from worker.processing import ProcessingSettings, VideoProcessor
 from worker.sources import SourcePolicy, file_digest
 
 torch.set_num_threads(1)
