@@ -16,6 +16,7 @@ from models.checkpoint import save_checkpoint
 from models.ensemble import Ensemble
 from models.pipeline import Detector
 from producer.contracts import ErrorCode, VideoRequest, parse_verdict
+from producer.digests import sha256_file
 from tests.checkpoints import make_checkpoint, tiny_spec
 from tests.videos import make_video
 from worker.cache import (
@@ -30,7 +31,7 @@ from worker.handler import MessageHandler
 from worker.messages import Inbound
 from worker.metrics import Metrics
 from worker.processing import ProcessingSettings, VideoProcessor
-from worker.sources import SourcePolicy, file_digest
+from worker.sources import SourcePolicy
 
 torch.set_num_threads(1)
 
@@ -211,7 +212,7 @@ def test_corrupt_cached_prediction_is_a_counted_miss_served_from_features(
     processor = build(detector, videos, metrics, store, errors)
     try:
         first = processor.process(request(clip, "c1"))
-        store.put(prediction_key(detector.model_digest, file_digest(clip)), b'{"format": 1}')
+        store.put(prediction_key(detector.model_digest, sha256_file(clip)), b'{"format": 1}')
         second = processor.process(request(clip, "c2"))
         third = processor.process(request(clip, "c3"))
     finally:
