@@ -99,9 +99,9 @@ def _source_size(source: Source) -> int | None:
         try:
             status = os.fstat(source)
         except OSError as exc:
-            raise NotFound(f"cannot access file descriptor {source}: {exc.strerror}") from exc
+            raise NotFound(f"cannot access descriptor {source}: {exc.strerror}") from exc
         if not stat.S_ISREG(status.st_mode):
-            raise NotFound(f"file descriptor {source} is not a regular file")
+            raise NotFound(f"descriptor {source} is not a regular file")
         return status.st_size
     if isinstance(source, str | os.PathLike):
         try:
