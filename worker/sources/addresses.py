@@ -134,9 +134,11 @@ def resolve(host: str, port: int, timeout_s: float) -> list[IpAddress]:
             ErrorCode.TIMEOUT, f"looking up {host!r} took longer than {timeout_s:g} s"
         )
     if failures:
-        if isinstance(failures[0], OSError | UnicodeError | ValueError):
-            raise SourceError(ErrorCode.FETCH_FAILED, f"cannot resolve {host!r}") from None
-        raise failures[0]
+        failure = failures[0]
+        if isinstance(failure, OSError | UnicodeError | ValueError):
+            reason = getattr(failure, "strerror", None) or type(failure).__name__
+            raise SourceError(ErrorCode.FETCH_FAILED, f"cannot resolve {host!r}: {reason}")
+        raise failure
     addresses = [ipaddress.ip_address(answer[4][0].split("%", 1)[0]) for answer in answers]
     if not addresses:
         raise SourceError(ErrorCode.FETCH_FAILED, f"{host!r} has no addresses")

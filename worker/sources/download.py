@@ -81,8 +81,13 @@ class Deadline:
         return max(0.0, self._end - time.monotonic())
 
     def watch(self, sock: socket.socket) -> None:
+        """Shut `sock` down when the deadline passes (at once when it has passed)."""
         with self._lock:
-            copy = sock.dup()
+            try:
+                copy = sock.dup()
+            except OSError:
+                sock.close()
+                raise
             self._sockets.append(copy)
             if self._fired:
                 _shut_down(copy)
