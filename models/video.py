@@ -25,7 +25,8 @@ from models.video_reader import FrameReader, probe_stream
 
 logger = logging.getLogger(__name__)
 
-Source = str | os.PathLike[str] | BinaryIO
+Source = str | os.PathLike[str] | BinaryIO | int
+"""A path, a binary file object, or an open file descriptor (`int`)."""
 
 ALLOWED_DEMUXERS = (
     "mov,mp4,m4a,3gp,3g2,mj2",
@@ -69,8 +70,10 @@ def decode_frames(
     *,
     threads: int = 0,
 ) -> DecodedVideo:
-    """Decode the frames `sampling` picks from `source` (a path or a binary file object).
+    """Decode the frames `sampling` picks from `source` (a path, a binary file object or an fd).
 
+    A descriptor must be a regular file; it is read from its start through `/proc/self/fd/<fd>`
+    (the same inode, whatever its name is now; the descriptor's own offset does not move).
     `threads` is the decoder's thread count (0: FFmpeg chooses). A file object that cannot seek
     is decoded forward only and its size is not checked. Raises a `PipelineError`
     subclass: NotFound, TooLarge, NotAVideo, DecodeFailed, NoFrames, LimitExceeded, DecodeTimeout.
@@ -92,6 +95,14 @@ def decode_frames(
 
 def _source_size(source: Source) -> int | None:
     """Bytes left to read, or None for a file object that cannot seek (a pipe)."""
+    if isinstance(source, int):
+        try:
+            status = os.fstat(source)
+        except OSError as exc:
+            raise NotFound(f"cannot access descriptor {source}: {exc.strerror}") from exc
+        if not stat.S_ISREG(status.st_mode):
+            raise NotFound(f"descriptor {source} is not a regular file")
+        return status.st_size
     if isinstance(source, str | os.PathLike):
         try:
             status = os.stat(source)
@@ -114,7 +125,13 @@ def _source_size(source: Source) -> int | None:
 
 
 def _open(source: Source) -> av.container.InputContainer:
-    target = os.fspath(source) if isinstance(source, str | os.PathLike) else source
+    target: str | BinaryIO
+    if isinstance(source, int):
+        target = f"/proc/self/fd/{source}"
+    elif isinstance(source, str | os.PathLike):
+        target = os.fspath(source)
+    else:
+        target = source
     try:
         return av.open(target, mode="r", options={"format_whitelist": ",".join(ALLOWED_DEMUXERS)})
     except av.error.FileNotFoundError as exc:

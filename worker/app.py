@@ -73,6 +73,7 @@ def source_policy(settings: WorkerSettings) -> SourcePolicy:
         connect_timeout_s=settings.http_connect_timeout_s,
         read_timeout_s=settings.http_read_timeout_s,
         max_redirects=settings.http_max_redirects,
+        total_timeout_s=settings.http_total_timeout_s,
     )
 
 

@@ -6,6 +6,10 @@ face detection through a dynamic batcher shared by every in-flight video -> the 
 track and crops -> backbone embeddings through another shared batcher -> feature store] ->
 ensemble (batched across videos) -> prediction store.
 It never raises: every failure becomes an error verdict with a precise code.
+
+The content digest is the download's (hashed while it streamed in), else the request's claimed
+`sha256`, else the hash of the opened descriptor. A claim serves lookups as it is, but nothing is
+stored under it before the descriptor's bytes are hashed and match it (else INVALID_REQUEST).
 """
 
 from __future__ import annotations
@@ -26,11 +30,10 @@ from models.errors import PipelineError
 from models.faces import FaceDetection
 from models.pipeline import Detector, Prediction, VideoFeatures
 from producer.contracts import ErrorCode, Verdict, VideoRequest, utcnow
-from producer.digests import sha256_file
 from worker.batcher import DynamicBatcher
 from worker.cache import CacheStatus, ResilientCache, cache_key, prediction_key
 from worker.metrics import Metrics
-from worker.sources import SourceError, SourcePolicy, open_source
+from worker.sources import LocalVideo, SourceError, SourcePolicy, fd_digest, open_source
 from worker.verdicts import error_verdict, model_info, ok_verdict
 
 log = logging.getLogger(__name__)
@@ -140,10 +143,14 @@ class VideoProcessor:
         with open_source(request.video_uri, self._policy, self._settings.tmp_dir) as video:
             attempt.record("fetch", time.perf_counter() - fetch_started)
             with attempt.stage("digest"):
-                digest = request.sha256 or sha256_file(video.path)
+                digest = self._digest(request, video)
             cached = self._lookup(digest, attempt)
             if cached is None:
-                cached = self._extract(video.path, attempt)
+                if video.sha256 is None and request.sha256 is not None:
+                    # The key was only claimed: features are stored under computed digests only.
+                    with attempt.stage("digest"):
+                        _check_claim(request.sha256, fd_digest(video.fd))
+                cached = self._extract(video.fd, attempt)
                 with attempt.stage("cache_put"):
                     self._cache.put(cache_key(self._spec_hash, digest), cached, self._spec_hash)
         prediction = (
@@ -158,6 +165,15 @@ class VideoProcessor:
             worker_id=self._settings.worker_id,
             completed_at=utcnow(),
         )
+
+    @staticmethod
+    def _digest(request: VideoRequest, video: LocalVideo) -> str:
+        """The cache key: the download's digest, else the request's claim, else the fd's hash."""
+        if video.sha256 is not None:
+            if request.sha256 is not None:
+                _check_claim(request.sha256, video.sha256)
+            return video.sha256
+        return request.sha256 or fd_digest(video.fd)
 
     def _lookup(self, digest: str, attempt: _Attempt) -> Prediction | VideoFeatures | None:
         """This model's cached prediction, else the spec's cached features (a hit either way),
@@ -181,9 +197,10 @@ class VideoProcessor:
             self._cache.put_prediction(key, prediction, self._model_digest)
         return prediction
 
-    def _extract(self, path: Path, attempt: _Attempt) -> VideoFeatures:
+    def _extract(self, source: int | Path, attempt: _Attempt) -> VideoFeatures:
+        """The video's features; `source` is an open descriptor (or a path)."""
         with attempt.stage("decode"), self._decode_slots:
-            decoded = self._detector.decode(path, threads=self._settings.decode_threads)
+            decoded = self._detector.decode(source, threads=self._settings.decode_threads)
         self._metrics.frames_decoded.inc(decoded.frames_decoded)
         self._metrics.frames_sampled.inc(len(decoded.frames))
         with attempt.stage("faces"):
@@ -226,3 +243,13 @@ class VideoProcessor:
             "miss": self._metrics.cache_misses,
             "bypass": self._metrics.cache_bypass,
         }[status].inc()
+
+
+def _check_claim(claimed: str, computed: str) -> None:
+    """INVALID_REQUEST when the request's `sha256` is not the digest of the video's bytes."""
+    if claimed.lower() != computed:
+        raise SourceError(
+            ErrorCode.INVALID_REQUEST,
+            f"sha256 does not match the video's bytes (the request says {claimed}, "
+            f"the bytes hash to {computed})",
+        )

@@ -59,6 +59,9 @@ class WorkerSettings(BaseSettings):
         cli_prog_name=PROG,
         cli_kebab_case=True,
         cli_implicit_flags=True,
+        # Errors name the setting and the rule, never the value: values may be secrets (a Redis
+        # URL's password, sasl.password in the Kafka pass-through).
+        hide_input_in_errors=True,
     )
 
     # Kafka
@@ -129,12 +132,21 @@ class WorkerSettings(BaseSettings):
     )
     http_enabled: bool = Field(False, description="Allow http(s):// video URIs.")
     http_allow_private: bool = Field(
-        False, description="Allow http(s) fetches from private, loopback or link-local hosts."
+        False,
+        description="Allow http(s) fetches from private or loopback hosts (link-local and cloud "
+        "metadata addresses stay refused).",
     )
     http_max_bytes: PositiveInt = Field(1 << 30, description="Largest video fetched over http.")
-    http_connect_timeout_s: PositiveFloat = Field(5.0, description="http connect timeout.")
+    http_connect_timeout_s: PositiveFloat = Field(
+        5.0, description="http connect timeout; also bounds the DNS lookup."
+    )
     http_read_timeout_s: PositiveFloat = Field(30.0, description="http read timeout.")
     http_max_redirects: Annotated[int, Field(ge=0)] = Field(3, description="http redirects.")
+    http_total_timeout_s: PositiveFloat = Field(
+        300.0,
+        description="Hard deadline of one http(s) download, redirects included (a server "
+        "dripping bytes within the read timeout is cut off here).",
+    )
     tmp_dir: Path | None = Field(None, description="Directory for downloaded videos.")
 
     # Decode limit overrides (default: the checkpoint's)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from worker.cache import (
     FeatureStore,
     LruFeatureCache,
     ResilientCache,
+    cache_key,
     prediction_key,
 )
 from worker.metrics import Metrics
@@ -280,3 +284,83 @@ def test_unexpected_exceptions_become_internal_errors(
     assert verdict.error is not None
     assert verdict.error.code is ErrorCode.INTERNAL
     assert "cache backend bug" in verdict.error.message
+
+
+def claiming(path: Path, sha256: str, request_id: str = "s1") -> VideoRequest:
+    return VideoRequest(request_id=request_id, video_uri=path.as_uri(), sha256=sha256)
+
+
+def test_a_claimed_sha256_that_does_not_match_is_invalid_and_nothing_is_cached(
+    detector: Detector, videos: Path, metrics: Metrics
+) -> None:
+    store = LruFeatureCache(16)
+    processor = build(detector, videos, metrics, store)
+    other = sha256_file(videos / "clip1.mp4")
+    try:
+        verdict = processor.process(claiming(videos / "clip0.mp4", other))
+    finally:
+        processor.close()
+    assert verdict.error is not None
+    assert verdict.error.code is ErrorCode.INVALID_REQUEST
+    assert "sha256 does not match the video's bytes" in verdict.error.message
+    assert len(store) == 0
+    assert "decode" not in verdict.timings_ms
+    labels = {"status": "error", "code": "INVALID_REQUEST"}
+    assert sample(metrics, "dfd_requests_total", labels) == 1
+
+
+def test_a_matching_claim_is_the_cache_key(
+    detector: Detector, videos: Path, metrics: Metrics
+) -> None:
+    store = LruFeatureCache(16)
+    processor = build(detector, videos, metrics, store)
+    clip = videos / "clip2.mp4"
+    digest = sha256_file(clip)
+    try:
+        first = processor.process(claiming(clip, digest.upper()))
+        unclaimed = processor.process(request(clip, "s2"))
+    finally:
+        processor.close()
+    assert (first.status, first.cache, unclaimed.cache) == ("ok", "miss", "hit")
+    assert store.get(cache_key(detector.spec.spec_hash, digest)) is not None
+
+
+@pytest.fixture
+def http_videos(videos: Path) -> Iterator[str]:
+    """A loopback http server for the videos directory; yields its base URL."""
+    handler = partial(QuietHandler, directory=str(videos))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_download_is_keyed_by_the_digest_of_its_bytes(
+    detector: Detector, videos: Path, metrics: Metrics, http_videos: str, tmp_path: Path
+) -> None:
+    store = LruFeatureCache(16)
+    policy = SourcePolicy((), http_enabled=True, allow_private_hosts=True)
+    settings = ProcessingSettings(worker_id="test-worker", max_wait_ms=5, tmp_dir=tmp_path)
+    processor = VideoProcessor(detector, ResilientCache(store), policy, metrics, settings)
+    clip = videos / "clip3.mp4"
+    uri = f"{http_videos}/clip3.mp4"
+    try:
+        fetched = processor.process(VideoRequest(request_id="h1", video_uri=uri))
+        wrong = processor.process(
+            VideoRequest(request_id="h2", video_uri=uri, sha256=sha256_file(videos / "clip0.mp4"))
+        )
+    finally:
+        processor.close()
+    assert (fetched.status, fetched.cache) == ("ok", "miss")
+    assert store.get(cache_key(detector.spec.spec_hash, sha256_file(clip))) is not None
+    assert wrong.error is not None
+    assert wrong.error.code is ErrorCode.INVALID_REQUEST
+    assert list(tmp_path.iterdir()) == []

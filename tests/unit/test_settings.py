@@ -90,3 +90,34 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
 def test_waits_must_fit_in_the_poll_interval() -> None:
     with pytest.raises(ValidationError, match="max_poll_interval_ms"):
         WorkerSettings(checkpoint=Path("c.pt"), drain_deadline_s=60, max_poll_interval_ms=30_000)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "rule"),
+    [
+        ({"kafka": {"sasl.password": "s3cr3t", "group.id": "g"}}, "group.id"),
+        (
+            {"redis_url": "redis://:s3cr3t@c/0", "max_poll_interval_ms": 1000},
+            "max_poll_interval_ms",
+        ),
+        ({"redis_url": "redis://:s3cr3t@c/0", "max_inflight": 0}, "max_inflight"),
+    ],
+)
+def test_invalid_settings_never_print_secret_values(overrides: dict, rule: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        WorkerSettings(checkpoint=Path("c.pt"), **overrides)
+    assert rule in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_the_command_line_prints_no_secret_of_a_bad_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.__main__ import main
+
+    monkeypatch.setenv("DFD_KAFKA__SASL_PASSWORD", "s3cr3t")
+    monkeypatch.setenv("DFD_KAFKA__GROUP_ID", "g")
+    assert main(["--checkpoint", "c.pt"]) != 0
+    printed = capsys.readouterr()
+    assert "group.id" in printed.err
+    assert "s3cr3t" not in printed.err + printed.out

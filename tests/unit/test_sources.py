@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import fcntl
+import gzip
 import hashlib
 import ipaddress
 import os
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from unittest.mock import patch
 from urllib.parse import quote
 
 import pytest
+from hypothesis import event, example, given, settings
+from hypothesis import strategies as st
 
 from deploy.local.ports import free_port
 from producer.contracts import ErrorCode
-from worker import sources
-from worker.sources import SourceError, SourcePolicy, file_digest, is_public_address, open_source
+from producer.digests import sha256_file
+from worker.sources import (
+    SourceError,
+    SourcePolicy,
+    addresses,
+    fd_digest,
+    is_public_address,
+    open_source,
+)
 
 BODY = bytes(range(256)) * 40  # 10 KiB
 
@@ -123,8 +136,8 @@ def test_directory_and_fifo_are_not_found(root: Path) -> None:
     (root / "sub").mkdir()
     os.mkfifo(root / "pipe.mp4")
     policy = SourcePolicy((root,))
-    assert error_code(file_uri(root / "sub"), policy) == ErrorCode.NOT_FOUND
-    assert error_code(file_uri(root / "pipe.mp4"), policy) == ErrorCode.NOT_FOUND
+    assert code_of(file_uri(root / "sub"), policy) == ErrorCode.NOT_FOUND
+    assert code_of(file_uri(root / "pipe.mp4"), policy) == ErrorCode.NOT_FOUND
 
 
 def test_file_bigger_than_the_limit(root: Path) -> None:
@@ -145,9 +158,138 @@ def test_unknown_scheme_and_disabled_http(root: Path) -> None:
     assert "http_enabled" in caught.value.message
 
 
-def test_file_digest_matches_hashlib(root: Path) -> None:
+def test_digests_match_hashlib_and_leave_the_offset(root: Path) -> None:
     expected = hashlib.sha256(BODY).hexdigest()
-    assert file_digest(root / "clip.mp4", chunk=1000) == expected
+    assert sha256_file(root / "clip.mp4") == expected
+    with open_source(file_uri(root / "clip.mp4"), SourcePolicy((root,))) as video:
+        os.lseek(video.fd, 100, os.SEEK_SET)
+        assert fd_digest(video.fd) == sha256_file(video.fd) == expected
+        assert os.lseek(video.fd, 0, os.SEEK_CUR) == 100
+
+
+def quickly(call: Callable[[], object], timeout_s: float = 20.0) -> object:
+    """The result of `call` run in a thread; fails the test when it blocks (a FIFO would)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert not thread.is_alive(), "open_source blocked"
+    return outcome[0]
+
+
+def code_of(uri: str, policy: SourcePolicy) -> ErrorCode:
+    result = quickly(lambda: error_code(uri, policy))
+    assert isinstance(result, ErrorCode), result
+    return result
+
+
+def test_the_video_is_one_read_only_descriptor_closed_on_exit(root: Path) -> None:
+    with open_source(file_uri(root / "clip.mp4"), SourcePolicy((root,))) as video:
+        assert fcntl.fcntl(video.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        assert os.pread(video.fd, len(BODY) + 1, 0) == BODY
+        assert video.sha256 is None
+        fd = video.fd
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_a_file_replaced_after_opening_is_still_the_one_read(root: Path) -> None:
+    with open_source(file_uri(root / "clip.mp4"), SourcePolicy((root,))) as video:
+        (root / "clip.mp4").unlink()
+        (root / "clip.mp4").write_bytes(b"other bytes")
+        assert fd_digest(video.fd) == hashlib.sha256(BODY).hexdigest()
+
+
+def swap_after_check(
+    monkeypatch: pytest.MonkeyPatch, checked: Path, swap: Callable[[], None]
+) -> None:
+    """Run `swap` right after the allowed-root check resolved `checked` (the race window)."""
+    real_realpath = os.path.realpath
+
+    def realpath(path: str, *args: object, **kwargs: object) -> str:
+        resolved = real_realpath(path, *args, **kwargs)  # type: ignore[arg-type]
+        if resolved == str(checked):
+            swap()
+        return resolved
+
+    monkeypatch.setattr(os.path, "realpath", realpath)
+
+
+def test_a_symlink_swapped_in_after_the_check_is_not_followed(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = root.parent / "secret.mp4"
+    outside.write_bytes(b"secret")
+    target = (root / "clip.mp4").resolve()
+
+    def swap() -> None:
+        target.unlink()
+        target.symlink_to(outside)
+
+    swap_after_check(monkeypatch, target, swap)
+    assert code_of(file_uri(target), SourcePolicy((root,))) == ErrorCode.NOT_FOUND
+    assert target.is_symlink()
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_check_is_not_followed(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (root / "sub").mkdir()
+    (root / "sub" / "clip.mp4").write_bytes(BODY)
+    elsewhere = root.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "clip.mp4").write_bytes(b"secret")
+    target = (root / "sub" / "clip.mp4").resolve()
+
+    def swap() -> None:
+        (root / "sub").rename(root / "old-sub")
+        (root / "sub").symlink_to(elsewhere)
+
+    swap_after_check(monkeypatch, target, swap)
+    assert code_of(file_uri(target), SourcePolicy((root,))) == ErrorCode.NOT_FOUND
+    assert (root / "sub").is_symlink()
+
+
+def test_a_fifo_swapped_in_after_the_type_check_does_not_block(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_stat = os.stat
+    target = root / "clip.mp4"
+
+    def stat_then_swap(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        result = real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+        if path == "clip.mp4" and "dir_fd" in kwargs:
+            target.unlink()
+            os.mkfifo(target)
+        return result
+
+    monkeypatch.setattr(os, "stat", stat_then_swap)
+    assert code_of(file_uri(target), SourcePolicy((root,))) == ErrorCode.NOT_FOUND
+    assert stat.S_ISFIFO(os.lstat(target).st_mode)
+
+
+def test_devices_are_not_found() -> None:
+    policy = SourcePolicy((Path("/dev"),))
+    for device in ("/dev/zero", "/dev/null"):
+        assert code_of(f"file://{device}", policy) == ErrorCode.NOT_FOUND
+
+
+def test_messages_name_the_uri_not_the_resolved_path(root: Path, tmp_path: Path) -> None:
+    alias = tmp_path / "published"
+    alias.symlink_to(root)
+    uri = file_uri(alias / "missing.mp4")
+    with pytest.raises(SourceError) as caught, open_source(uri, SourcePolicy((alias,))):
+        pass
+    assert caught.value.code == ErrorCode.NOT_FOUND
+    assert caught.value.message == f"not found: {uri}"
+    assert str(root) not in caught.value.message
 
 
 # ---------------------------------------------------------------- address vetting
@@ -181,10 +323,94 @@ def test_non_public_addresses_are_refused(address: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
+    "address",
+    [
+        "8.8.8.8",
+        "1.1.1.1",
+        "2606:4700:4700::1111",
+        "::ffff:8.8.8.8",
+        "2002:808:808::1",  # 6to4 of 8.8.8.8
+        "64:ff9b::808:808",  # NAT64 of 8.8.8.8
+    ],
 )
 def test_public_addresses_are_accepted(address: str) -> None:
     assert is_public_address(ipaddress.ip_address(address))
+    assert addresses.allowed(ipaddress.ip_address(address), allow_private_hosts=False)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack metadata
+        "169.254.170.2",  # AWS ECS task metadata
+        "169.254.0.23",  # Tencent Cloud metadata
+        "fe80::1",
+        "fd00:ec2::254",  # AWS metadata over IPv6
+        "fd20:ce::254",  # GCP metadata over IPv6
+        "100.100.100.200",  # Alibaba Cloud
+        "168.63.129.16",  # Azure WireServer
+        "192.0.0.192",  # Oracle Cloud
+        "::ffff:169.254.169.254",
+        "::169.254.169.254",
+        "2002:a9fe:a9fe::1",  # 6to4
+        "64:ff9b::a9fe:a9fe",  # NAT64
+        "64:ff9b:1:a9fe:a9:fe00::",  # local-use NAT64, RFC 6052 /48 layout
+        "64:ff9b:1::a9fe:a9fe",  # local-use NAT64, /96 layout
+    ],
+)
+def test_metadata_and_link_local_are_refused_even_when_private_hosts_are_allowed(
+    address: str,
+) -> None:
+    parsed = ipaddress.ip_address(address)
+    assert addresses.is_always_refused(parsed)
+    assert not addresses.allowed(parsed, allow_private_hosts=True)
+    assert not is_public_address(parsed)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "10.0.0.1",
+        "127.0.0.1",
+        "::1",
+        "fc00::1",
+        "::ffff:10.0.0.1",
+        "2002:a00:1::",
+        "64:ff9b::a00:1",
+    ],
+)
+def test_private_addresses_pass_only_when_allowed(address: str) -> None:
+    parsed = ipaddress.ip_address(address)
+    assert addresses.allowed(parsed, allow_private_hosts=True)
+    assert not addresses.allowed(parsed, allow_private_hosts=False)
+
+
+def ipv4_forms(ipv4: ipaddress.IPv4Address) -> list[ipaddress.IPv6Address]:
+    """The IPv6 forms that carry `ipv4`: mapped, compatible, 6to4, NAT64 (both prefixes)."""
+    value = int(ipv4)
+    packed = ipv4.packed
+    local_48 = bytes.fromhex("0064ff9b0001") + packed[:2] + b"\0" + packed[2:] + bytes(5)
+    return [
+        ipaddress.IPv6Address(f"::ffff:{ipv4}"),
+        ipaddress.IPv6Address(value) if value > 1 else ipaddress.IPv6Address(f"::ffff:{ipv4}"),
+        ipaddress.IPv6Address((0x2002 << 112) | (value << 80)),
+        ipaddress.IPv6Address(int(ipaddress.IPv6Address("64:ff9b::")) | value),
+        ipaddress.IPv6Address(local_48),
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.ip_addresses(v=4))
+def test_ipv6_forms_are_judged_by_the_ipv4_address_they_carry(
+    ipv4: ipaddress.IPv4Address,
+) -> None:
+    for form in ipv4_forms(ipv4):
+        assert addresses.embedded_ipv4(form)[0] == ipv4
+        assert addresses.is_always_refused(form) == addresses.is_always_refused(ipv4), form
+        if not is_public_address(ipv4):
+            assert not is_public_address(form), form
+        if form not in addresses._NAT64_LOCAL:  # local-use: public only if both readings are
+            assert is_public_address(form) == is_public_address(ipv4), form
 
 
 # ---------------------------------------------------------------- http(s)://
@@ -194,6 +420,7 @@ class _Server:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.hosts: list[str] = []
+        self.encodings: list[str] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -202,6 +429,7 @@ class _Server:
 
             def do_GET(self) -> None:
                 server.hosts.append(self.headers.get("Host", ""))
+                server.encodings.append(self.headers.get("Accept-Encoding", ""))
                 route = _ROUTES.get(self.path.split("?", 1)[0])
                 if route is None:
                     self.send_error(404)
@@ -262,6 +490,38 @@ def _stall(handler: BaseHTTPRequestHandler, server: _Server) -> None:
     server.release.wait(10)
 
 
+GZIPPED = gzip.compress(bytes(1 << 20))  # 1 MiB of zeros in about 1 KiB
+
+
+def _gzip(handler: BaseHTTPRequestHandler, server: _Server) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Encoding", "gzip")
+    handler.send_header("Content-Length", str(len(GZIPPED)))
+    handler.end_headers()
+    handler.wfile.write(GZIPPED)
+
+
+def _drip(handler: BaseHTTPRequestHandler, server: _Server) -> None:
+    """A byte every 50 ms: each read is quick, the whole body would take a minute."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1200")
+    handler.end_headers()
+    for _ in range(1200):
+        if server.release.wait(0.05):
+            return
+        handler.wfile.write(b"x")
+        handler.wfile.flush()
+
+
+def _drip_headers(handler: BaseHTTPRequestHandler, server: _Server) -> None:
+    """The status line and an endless header, a byte every 50 ms."""
+    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1200:
+        if server.release.wait(0.05):
+            return
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+
+
 _ROUTES = {
     "/video.mp4": _video,
     "/declared-big": _declared_big,
@@ -276,6 +536,10 @@ _ROUTES = {
     "/gone": _status(410),
     "/broken": _status(500),
     "/stall": _stall,
+    "/gzip": _gzip,
+    "/drip": _drip,
+    "/drip-headers": _drip_headers,
+    "/redirect-down": _redirect_to("http://videos.test:{port}/video.mp4"),
 }
 
 
@@ -354,7 +618,7 @@ def test_redirect_hops_are_vetted(
     server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Treat the test server's own address as public, so only the redirect target is judged.
-    monkeypatch.setattr(sources, "is_public_address", lambda address: str(address) == "127.0.0.1")
+    monkeypatch.setattr(addresses, "is_public_address", lambda address: str(address) == "127.0.0.1")
     policy = http_policy(allow_private_hosts=False)
     with open_source(server.url("/video.mp4"), policy, tmp_path) as video:
         assert video.size == len(BODY)
@@ -445,3 +709,255 @@ def test_https_checks_the_certificate_against_the_original_name(
     assert error_code(wrong_name, policy, downloads) == ErrorCode.FETCH_FAILED
     untrusted = http_policy()  # the system CAs do not know the self-signed certificate
     assert error_code(uri, untrusted, downloads) == ErrorCode.FETCH_FAILED
+
+
+def resolve_to_loopback(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Make `names` resolve to 127.0.0.1 (other names resolve as usual)."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def fake_getaddrinfo(host: str, *args: object, **kwargs: object) -> list:
+        return real_getaddrinfo("127.0.0.1" if host in names else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+
+
+def test_download_is_hashed_while_it_streams(server: _Server, tmp_path: Path) -> None:
+    with open_source(server.url("/video.mp4"), http_policy(), tmp_path) as video:
+        assert video.sha256 == hashlib.sha256(BODY).hexdigest()
+        assert fcntl.fcntl(video.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        assert os.pread(video.fd, len(BODY) + 1, 0) == BODY
+
+
+def test_bodies_are_stored_as_sent_without_content_decoding(
+    server: _Server, tmp_path: Path
+) -> None:
+    policy = http_policy(max_bytes=64 * 1024)  # far below the 1 MiB the body would inflate to
+    with open_source(server.url("/gzip"), policy, tmp_path) as video:
+        assert video.path.read_bytes() == GZIPPED
+        assert video.sha256 == hashlib.sha256(GZIPPED).hexdigest()
+    assert server.encodings == ["identity"]
+
+
+def test_a_slow_drip_body_hits_the_total_deadline(server: _Server, tmp_path: Path) -> None:
+    policy = http_policy(read_timeout_s=2.0, total_timeout_s=0.5)
+    with pytest.raises(SourceError) as caught, open_source(server.url("/drip"), policy, tmp_path):
+        pass
+    assert caught.value.code == ErrorCode.TIMEOUT
+    assert caught.value.message == "the download took longer than 0.5 s"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_slow_drip_headers_hit_the_total_deadline(server: _Server, tmp_path: Path) -> None:
+    policy = http_policy(read_timeout_s=2.0, total_timeout_s=0.5)
+    assert error_code(server.url("/drip-headers"), policy, tmp_path) == ErrorCode.TIMEOUT
+
+
+def test_a_slow_dns_lookup_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+
+    def hanging_getaddrinfo(*args: object, **kwargs: object) -> list:
+        release.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_getaddrinfo)
+    try:
+        uri = "http://slow-dns.test/video.mp4"
+        with (
+            pytest.raises(SourceError) as caught,
+            open_source(uri, http_policy(connect_timeout_s=0.2), tmp_path),
+        ):
+            pass
+    finally:
+        release.set()
+    assert caught.value.code == ErrorCode.TIMEOUT
+    assert "slow-dns.test" in caught.value.message
+
+
+def test_a_name_that_does_not_resolve_is_fetch_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_such_name(*args: object, **kwargs: object) -> list:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    assert error_code("http://nowhere.test/a.mp4", http_policy(), tmp_path) == (
+        ErrorCode.FETCH_FAILED
+    )
+
+
+def test_a_metadata_name_is_refused_with_private_hosts_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_getaddrinfo = socket.getaddrinfo
+
+    def metadata(host: str, port: object, *args: object, **kwargs: object) -> list:
+        return real_getaddrinfo("169.254.169.254", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", metadata)
+    uri = "http://metadata.google.internal/computeMetadata/v1/"
+    with pytest.raises(SourceError) as caught, open_source(uri, http_policy(), tmp_path):
+        pass
+    assert caught.value.code == ErrorCode.URI_NOT_ALLOWED
+    assert "169.254" not in caught.value.message
+    assert "metadata" in caught.value.message
+
+
+def test_messages_do_not_echo_resolved_addresses(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolve_to_loopback(monkeypatch, "videos.test", "closed.test")
+    refused = http_policy(allow_private_hosts=False)
+    closed = f"http://closed.test:{free_port()}/video.mp4"
+    for uri, policy in (
+        (server.url("/video.mp4", "videos.test"), refused),
+        (closed, http_policy()),
+    ):
+        with pytest.raises(SourceError) as caught, open_source(uri, policy, tmp_path):
+            pass
+        assert "127.0.0.1" not in caught.value.message, caught.value.message
+        assert caught.value.code in (ErrorCode.URI_NOT_ALLOWED, ErrorCode.FETCH_FAILED)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_never_redirects_down_to_http(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = _self_signed(tmp_path, "videos.test")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    resolve_to_loopback(monkeypatch, "videos.test")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    policy = http_policy(ca_bundle=cert)
+    uri = f"https://videos.test:{server.port}/redirect-down"
+    with pytest.raises(SourceError) as caught, open_source(uri, policy, downloads):
+        pass
+    assert caught.value.code == ErrorCode.URI_NOT_ALLOWED
+    assert "https down to http" in caught.value.message
+    assert server.hosts == [f"videos.test:{server.port}"]  # the http hop was never tried
+
+
+# ---------------------------------------------------------------- any URI at all
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root with files, a subdirectory, inside and outside links, a FIFO; a secret beside it."""
+    base = tmp_path_factory.mktemp("tree")
+    root = base / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "clip.mp4").write_bytes(BODY)
+    (root / "sub" / "clip.mp4").write_bytes(BODY)
+    (root / "link-in").symlink_to(root / "clip.mp4")
+    (root / "link-out").symlink_to(base / "secret.mp4")
+    (root / "dir-out").symlink_to(base)
+    os.mkfifo(root / "pipe")
+    (base / "secret.mp4").write_bytes(b"secret")
+    return root
+
+
+SEGMENTS = st.sampled_from(
+    (
+        *("..", ".", "", "clip.mp4", "sub", "link-in", "link-out", "dir-out", "pipe"),
+        *("secret.mp4", "%2e%2e", "%2F", "%00", "root", "tree0", "\udcff", "a\nb"),
+    )
+)
+
+
+def file_uris() -> st.SearchStrategy[str]:
+    """`file://` URIs around a tree: <ROOT> and <BASE> stand for the root and its parent."""
+    prefixes = st.sampled_from(["<ROOT>", "<ROOT>", "<BASE>", "/", "", "//localhost<ROOT>"])
+    paths = st.lists(st.one_of(SEGMENTS, SEGMENTS, st.text(max_size=8)), max_size=6).map("/".join)
+    return st.builds(lambda prefix, path: f"file://{prefix}/{path}", prefixes, paths)
+
+
+def http_uris() -> st.SearchStrategy[str]:
+    hosts = st.one_of(
+        st.text(max_size=20),
+        st.ip_addresses().map(lambda a: f"[{a}]" if a.version == 6 else str(a)),
+        st.sampled_from(["localhost", "metadata.google.internal", "0x7f.1", "017700000001"]),
+    )
+    ports = st.one_of(
+        st.just(""), st.integers(-1, 70000).map(lambda p: f":{p}"), st.text(max_size=4)
+    )
+    return st.builds(
+        lambda scheme, host, port, path: f"{scheme}://{host}{port}/{path}",
+        st.sampled_from(["http", "https", "HTTP"]),
+        hosts,
+        ports,
+        st.text(max_size=10),
+    )
+
+
+def fake_private_dns(host: object, port: object, *args: object, **kwargs: object) -> list:
+    """Numeric hosts as they are (public ones made private); every name resolves to 10.0.0.1."""
+    try:
+        infos = REAL_GETADDRINFO(
+            host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+        )
+    except socket.gaierror:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 80))]
+    return [
+        info
+        for info in infos
+        if not is_public_address(ipaddress.ip_address(info[4][0].split("%")[0]))
+    ] or [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 80))]
+
+
+REAL_GETADDRINFO = socket.getaddrinfo
+
+
+def outcome(uri: str, policy: SourcePolicy, root: Path) -> ErrorCode | None:
+    """None when `uri` was served (checked to be a regular file inside `root`), else the code."""
+    try:
+        with open_source(uri, policy) as video:
+            served = Path(os.readlink(f"/proc/self/fd/{video.fd}"))
+            assert served.is_relative_to(root.resolve()), served
+            assert stat.S_ISREG(os.fstat(video.fd).st_mode)
+            return None
+    except SourceError as exc:
+        assert exc.code in set(ErrorCode)
+        assert exc.message
+        return exc.code
+
+
+@settings(max_examples=400, deadline=None)
+@given(uri=st.one_of(st.text(), st.binary().map(lambda raw: raw.decode("latin-1")), http_uris()))
+def test_any_uri_is_served_inside_the_root_or_refused_with_a_stable_code(
+    tree: Path, uri: str
+) -> None:
+    policy = SourcePolicy((tree,), http_enabled=True, connect_timeout_s=0.2, total_timeout_s=1.0)
+    with patch.object(socket, "getaddrinfo", fake_private_dns):
+        first = outcome(uri, policy, tree)
+        assert outcome(uri, policy, tree) == first
+    event("served" if first is None else f"refused: {first.value}")
+    if uri.lower().startswith(("http://", "https://")):
+        assert first is not None  # every host here is private, a metadata service or unusable
+
+
+@settings(max_examples=400, deadline=None)
+@given(uri=file_uris())
+@example(uri="file://<ROOT>/clip.mp4")  # served
+@example(uri="file://<ROOT>/sub/../link-in")  # served: the link stays inside
+@example(uri="file://<ROOT>/link-out")
+@example(uri="file://<ROOT>/dir-out/root/clip.mp4")  # back inside through an outside link
+@example(uri="file://<ROOT>/pipe")
+def test_any_file_uri_is_served_inside_the_root_or_refused_with_a_stable_code(
+    tree: Path, uri: str
+) -> None:
+    uri = uri.replace("<ROOT>", str(tree)).replace("<BASE>", str(tree.parent))
+    opened: list[str] = []
+    real_open = os.open
+
+    def recording_open(*args: object, **kwargs: object) -> int:
+        fd = real_open(*args, **kwargs)  # type: ignore[arg-type]
+        opened.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return fd
+
+    policy = SourcePolicy((tree,))
+    with patch.object(os, "open", recording_open):
+        first = outcome(uri, policy, tree)
+        assert outcome(uri, policy, tree) == first
+    event("served" if first is None else f"refused: {first.value}")
+    assert all(Path(path).is_relative_to(tree) for path in opened), opened

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -151,6 +152,39 @@ def test_reads_from_file_objects(mp4: Path) -> None:
     assert content_indices(decode(io.BytesIO(mp4.read_bytes()))) == expected
     with mp4.open("rb") as handle:
         assert content_indices(decode(handle)) == expected
+
+
+def test_reads_from_a_descriptor_without_moving_its_offset(mp4: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.mp4"
+    shutil.copy(mp4, copy)
+    fd = os.open(copy, os.O_RDONLY)
+    try:
+        os.lseek(fd, 1000, os.SEEK_SET)
+        assert content_indices(decode(fd)) == sample_indices(SHORT, SPARSE)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 1000
+        (tmp_path / "other").write_bytes(b"not a video")
+        os.replace(tmp_path / "other", copy)  # the name now points elsewhere; the fd does not
+        assert content_indices(decode(fd)) == sample_indices(SHORT, SPARSE)
+    finally:
+        os.close(fd)
+
+
+def test_a_descriptor_must_be_an_open_regular_file(mp4: Path) -> None:
+    reader, writer = os.pipe()
+    try:
+        with pytest.raises(NotFound, match="not a regular file"):
+            decode(reader)
+    finally:
+        os.close(reader)
+        os.close(writer)
+    with pytest.raises(NotFound):
+        decode(reader)  # closed now
+    fd = os.open(mp4.parent, os.O_RDONLY)
+    try:
+        with pytest.raises(NotFound):
+            decode(fd)
+    finally:
+        os.close(fd)
 
 
 class _Pipe(io.RawIOBase):
