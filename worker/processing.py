@@ -29,23 +29,27 @@ from producer.contracts import ErrorCode, Verdict, VideoRequest, utcnow
 from worker.batcher import DynamicBatcher
 from worker.cache import CacheStatus, ResilientCache, cache_key, prediction_key
 from worker.metrics import Metrics
+from worker.settings import WorkerSettings
 from worker.sources import SourceError, SourcePolicy, file_digest, open_source
 from worker.verdicts import error_verdict, model_info, ok_verdict
 
 log = logging.getLogger(__name__)
 
 
+_DEFAULTS = WorkerSettings.model_fields
+
+
 @dataclass(frozen=True)
 class ProcessingSettings:
-    """Batching and concurrency of the pipeline."""
+    """Batching and concurrency of the pipeline (defaults: `WorkerSettings`')."""
 
     worker_id: str
-    max_batch_frames: int = 256
-    max_wait_ms: float = 10.0
-    classify_batch: int = 32
-    decode_workers: int = 2
-    decode_threads: int = 0
-    tmp_dir: Path | None = None
+    max_batch_frames: int = _DEFAULTS["max_batch_frames"].default
+    max_wait_ms: float = _DEFAULTS["max_wait_ms"].default
+    classify_batch: int = _DEFAULTS["classify_batch"].default
+    decode_workers: int = _DEFAULTS["decode_workers"].default
+    decode_threads: int = _DEFAULTS["decode_threads"].default
+    tmp_dir: Path | None = _DEFAULTS["tmp_dir"].default
 
 
 class _Attempt:

@@ -7,6 +7,8 @@ import copy
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -233,6 +235,18 @@ def test_healthcheck_targets_the_configured_port(monkeypatch: pytest.MonkeyPatch
     assert healthcheck.healthz_url() == f"http://127.0.0.1:{default('metrics_port')}/healthz"
     monkeypatch.setenv("DFD_METRICS_PORT", "9311")
     assert healthcheck.healthz_url() == "http://127.0.0.1:9311/healthz"
+
+
+def test_healthcheck_imports_only_the_standard_library() -> None:
+    """The HEALTHCHECK runs every 30 s: it must not load the worker's settings or Kafka client."""
+    assert settings_doc.env_name("metrics_port") == healthcheck.PORT_ENV
+    code = (
+        "import sys, deploy.healthcheck; "
+        "heavy = {'worker', 'pydantic', 'confluent_kafka'} & set(sys.modules); "
+        "sys.exit(sorted(heavy) or 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_constraints_pin_every_worker_dependency() -> None:

@@ -30,6 +30,7 @@ from worker.handler import MessageHandler
 from worker.messages import Inbound
 from worker.metrics import Metrics
 from worker.processing import ProcessingSettings, VideoProcessor
+from worker.settings import WorkerSettings
 from worker.sources import SourcePolicy, file_digest
 
 torch.set_num_threads(1)
@@ -330,3 +331,10 @@ def test_invalid_request_with_an_id_also_gets_an_error_verdict(handler: MessageH
     assert verdict.error is not None
     assert verdict.error.code is ErrorCode.UNSUPPORTED_SCHEME
     assert verdict.video_uri == "ftp://host/a.mp4"
+
+
+def test_processing_settings_default_to_the_worker_settings() -> None:
+    fields = WorkerSettings.model_fields
+    settings = ProcessingSettings(worker_id="w")
+    for name in ("max_batch_frames", "max_wait_ms", "classify_batch", "decode_workers"):
+        assert getattr(settings, name) == fields[name].default
