@@ -5,6 +5,9 @@ are queued, or when the oldest queued item has waited `max_wait_ms`. A submissio
 `max_batch` is split across consecutive batches; its future resolves when every part is done. An
 exception raised by `fn` fails exactly the futures with items in that batch (their later parts are
 dropped). A future cancelled before its first item is dispatched is skipped.
+
+`on_batch(size, seconds)` gets each batch's size and compute time, `on_wait(seconds)` each
+dispatched part's time in the queue since its submission (Triton's queue vs compute duration).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class DynamicBatcher(Generic[T, R]):
         max_wait_ms: float,
         name: str = "",
         on_batch: Callable[[int, float], None] | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -73,6 +77,7 @@ class DynamicBatcher(Generic[T, R]):
         self._max_wait_s = max_wait_ms / 1000.0
         self._name = name
         self._on_batch = on_batch
+        self._on_wait = on_wait
         self._jobs: deque[_Job[T, R]] = deque()
         self._queued = 0
         self._closed = False
@@ -115,6 +120,7 @@ class DynamicBatcher(Generic[T, R]):
             if parts is None:
                 return
             if parts:
+                self._report_waits(parts)
                 self._dispatch(parts)
 
     def _next_batch(self) -> list[_Part[T, R]] | None:
@@ -193,3 +199,14 @@ class DynamicBatcher(Generic[T, R]):
             self._on_batch(size, seconds)
         except Exception:
             log.exception("on_batch callback failed", extra={"batcher": self._name})
+
+    def _report_waits(self, parts: list[_Part[T, R]]) -> None:
+        """Each dispatched part's time in the queue, from its submission until now."""
+        if self._on_wait is None:
+            return
+        now = time.monotonic()
+        try:
+            for part in parts:
+                self._on_wait(now - part.job.arrived)
+        except Exception:
+            log.exception("on_wait callback failed", extra={"batcher": self._name})
