@@ -42,7 +42,7 @@ ALLOWED_DEMUXERS = (
 concat lists) or read images and text are refused."""
 
 TRUNCATED_MP4 = (
-    "the file looks truncated: an MP4 whose index (the 'moov' box) is missing, "
+    "the file looks truncated: an MP4 that ends before its index (the 'moov' box) is whole, "
     "as when an upload or copy stops part-way"
 )
 

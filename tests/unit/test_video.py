@@ -419,6 +419,15 @@ def test_mp4_cut_before_its_index_is_reported_as_truncated(tmp_path: Path) -> No
         assert caught.value.message == TRUNCATED_MP4
 
 
+def test_an_mp4_ending_inside_its_leading_index_lacks_it(tmp_path: Path) -> None:
+    options = {"movflags": "faststart"}  # moov before the media data
+    whole = make_video(tmp_path / "fast.mp4", index_frames(50), container_options=options)
+    data = whole.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat") and not lacks_index(whole)
+    assert lacks_index(io.BytesIO(data[: data.index(b"moov") + 64]))
+    assert not lacks_index(io.BytesIO(data[: data.index(b"mdat") - 4]))  # moov whole, no media
+
+
 def test_garbage_is_not_mistaken_for_a_truncated_mp4(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\x00\x00\x00\x08free" + b"not a video at all" * 100)
