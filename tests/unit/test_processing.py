@@ -15,7 +15,7 @@ from models.backbones import build_backbone
 from models.checkpoint import save_checkpoint
 from models.ensemble import Ensemble
 from models.pipeline import Detector
-from producer.contracts import ErrorCode, VideoRequest, parse_verdict
+from producer.contracts import ErrorCode, TrainedOn, VideoRequest, parse_verdict
 from tests.checkpoints import make_checkpoint, tiny_spec
 from tests.videos import make_video
 from worker.cache import (
@@ -161,6 +161,23 @@ def test_ok_verdict_matches_predict_file_then_hits_the_cache(
     assert sample(metrics, "dfd_cache_misses_total") == 1
     assert sample(metrics, "dfd_requests_total", {"status": "ok", "code": ""}) == 2
     assert sample(metrics, "dfd_frames_sampled_total") == expected.sampled
+
+
+def test_batched_stages_report_queue_wait_pending_items_and_max_size(
+    processor: VideoProcessor, videos: Path, metrics: Metrics
+) -> None:
+    verdict = processor.process(request(videos / "clip0.mp4"))
+    assert verdict.status == "ok"
+    assert sample(metrics, "dfd_batch_max_size", {"stage": "faces"}) == 16
+    assert sample(metrics, "dfd_batch_max_size", {"stage": "classify"}) == 32
+    for stage in ("faces", "embed", "classify"):
+        assert sample(metrics, "dfd_batch_queue_seconds_count", {"stage": stage}) >= 1, stage
+        assert sample(metrics, "dfd_batch_seconds_count", {"stage": stage}) >= 1
+        assert sample(metrics, "dfd_batch_pending_items", {"stage": stage}) == 0  # all served
+    assert verdict.model is not None  # the tiny checkpoint records no training data
+    assert verdict.model.trained_on == TrainedOn(
+        kind="unknown", name="unknown", intended_use="unknown"
+    )
 
 
 def test_model_digest_names_the_whole_model(
