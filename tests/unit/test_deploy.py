@@ -17,7 +17,8 @@ import pytest
 import yaml
 from pydantic.fields import FieldInfo
 
-from deploy import check, constraints, healthcheck, settings_doc
+from deploy import check, constraints, demo, healthcheck, settings_doc
+from producer.contracts import Verdict, utcnow
 from worker.settings import WorkerSettings
 
 ROOT = check.ROOT
@@ -303,3 +304,23 @@ def test_dashboard_panels_are_complete() -> None:
     for panel in panels:
         assert panel["targets"], panel["title"]
         assert all(target["expr"].strip() for target in panel["targets"])
+
+
+def test_demo_printout_says_what_the_model_is_good_for() -> None:
+    trained_on = {"kind": "synthetic", "name": "synth v1", "intended_use": "demo"}
+    model = {"name": "dfd-demo", "version": "demo", "spec_hash": "abc", "trained_on": trained_on}
+    verdict = Verdict(
+        request_id="r",
+        video_uri="file:///v.mp4",
+        status="error",
+        error={"code": "NOT_A_VIDEO", "message": "x"},
+        model=model,
+        worker_id="w",
+        completed_at=utcnow(),
+    )
+    line = demo.model_warning(verdict)
+    assert "synthetic data (synth v1)" in line and "verdicts on real videos mean nothing" in line
+    older = verdict.model_copy(
+        update={"model": verdict.model.model_copy(update={"trained_on": None})}
+    )
+    assert "unrecorded data" in demo.model_warning(older)
