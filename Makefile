@@ -6,12 +6,18 @@ VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint stack-up stack-down demo
+.PHONY: system-deps venv test lint stack-up stack-down demo
+
+# System packages (redis-server, kcat, ffmpeg, Java, Maven, promtool, g++): installed when missing
+# (as root or through sudo -n), else one message with the command to run. Every target below
+# depends on it through the venv, so it runs first; it takes about a second when all is there.
+system-deps:
+	@PYTHON='$(PYTHON)' scripts/system-deps.sh
 
 venv: $(STAMP)
 
 # Re-installs whenever pyproject.toml is newer than the stamp.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | system-deps
 	@test -x $(VENV_PYTHON) || { \
 	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	    || { echo "need Python >= 3.11, found '$(PYTHON)'" >&2; exit 1; }; \

@@ -100,6 +100,16 @@ def describe(path: Path, expected: str, verdict: Verdict) -> str:
     return f"{path.name:<28} expected {expected:<6}  {outcome:<26} cache={verdict.cache}  {detail}"
 
 
+def model_warning(verdict: Verdict) -> str:
+    """What the demo model is good for, from the verdict's `model` block, said plainly."""
+    trained_on = verdict.model.trained_on if verdict.model else None
+    what = f"{trained_on.kind} data ({trained_on.name})" if trained_on else "unrecorded data"
+    return (
+        f"WARNING: the demo model was trained on {what}: it only shows that the pipeline runs. "
+        "Its verdicts on real videos mean nothing; README.md ('Real use') says what to bring."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.demo", description=__doc__)
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="work directory")
@@ -166,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         print("\n".join(counters))
         print(f"metrics: {metrics}  health: /healthz  readiness: /readyz")
+        print(model_warning(verdicts[requests[0].request_id]))
         if args.keep_running:
             print("the worker keeps running; Ctrl-C stops it", flush=True)
             worker.wait()

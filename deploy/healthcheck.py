@@ -1,6 +1,8 @@
 """`python -m deploy.healthcheck`: the container HEALTHCHECK; exit 0 when `/healthz` answers 200.
 
-The port is `DFD_METRICS_PORT` when set, else the worker's own `metrics_port` default.
+The port is `DFD_METRICS_PORT` when set, else `DEFAULT_PORT`. This module imports only the
+standard library: the check runs every 30 s, and the worker's settings would pull in
+pydantic-settings and confluent-kafka (a test keeps `DEFAULT_PORT` equal to the settings' default).
 """
 
 from __future__ import annotations
@@ -10,18 +12,14 @@ import sys
 import urllib.error
 import urllib.request
 
-from deploy.settings_doc import env_name
-from worker.settings import WorkerSettings
-
+PORT_ENV = "DFD_METRICS_PORT"
+DEFAULT_PORT = 9100
 TIMEOUT_S = 3.0
 
 
 def healthz_url() -> str:
     """The worker's `/healthz` on loopback."""
-    port = (
-        os.environ.get(env_name("metrics_port"))
-        or WorkerSettings.model_fields["metrics_port"].default
-    )
+    port = os.environ.get(PORT_ENV) or DEFAULT_PORT
     return f"http://127.0.0.1:{port}/healthz"
 
 

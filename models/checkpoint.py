@@ -115,13 +115,15 @@ def spec_of(path: str | os.PathLike[str]) -> PipelineSpec:
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, object]:
-    """The header of a checkpoint as a JSON-ready dict: spec, spec_hash and format version."""
+    """The header of a checkpoint as a JSON-ready dict: spec, spec_hash, format version and, up
+    front, what it was trained on."""
     spec = spec_of(path)
     return {
         "checkpoint": str(path),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "spec_hash": spec.spec_hash,
+        "trained_on": spec.trained_on.model_dump(mode="json"),
         "spec": json.loads(spec.model_dump_json()),
     }
 

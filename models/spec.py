@@ -1,7 +1,8 @@
 """The inference spec: everything needed to turn a video into a verdict, stored in the checkpoint.
 
 `spec_hash` covers exactly what changes the cached features (sampling, face crops, backbone and
-its weights), so two models never share incompatible cached features.
+its weights), so two models never share incompatible cached features. `trained_on` (what the
+classifier learned from, and what it is for) changes no feature, so it stays out of `spec_hash`.
 """
 
 from __future__ import annotations
@@ -152,6 +153,25 @@ class EnsembleSpec(_Spec):
         return self
 
 
+DatasetKind = Literal["synthetic", "real", "unknown"]
+SYNTHETIC_USE = (
+    "pipeline demonstration and tests only: trained on synthetic faces, so its verdicts on real "
+    "videos mean nothing"
+)
+
+
+class TrainingData(_Spec):
+    """What a checkpoint's classifier was trained on and what it is for.
+
+    `kind`: `synthetic` (generated clips, e.g. `synth`), `real` (recorded videos and real
+    deepfakes, e.g. Celeb-DF v2) or `unknown` (checkpoints written before this was recorded).
+    """
+
+    kind: DatasetKind = "unknown"
+    name: str = "unknown"
+    intended_use: str = "unknown"
+
+
 class PipelineSpec(_Spec):
     """The whole inference recipe of one checkpoint."""
 
@@ -165,6 +185,7 @@ class PipelineSpec(_Spec):
     threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     temperature: Annotated[float, Field(gt=0.0)] = 1.0
     training: dict[str, Any] = Field(default_factory=dict)
+    trained_on: TrainingData = TrainingData()
 
     @property
     def feature_dim(self) -> int:

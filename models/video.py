@@ -18,6 +18,7 @@ import av.container
 import numpy as np
 
 from models.errors import DecodeFailed, NoFrames, NotAVideo, NotFound, PipelineError, TooLarge
+from models.mp4_index import lacks_index
 from models.sampling import sample_indices
 from models.spec import DecodeLimits, SamplingSpec
 from models.video_budget import DecodeBudget
@@ -40,6 +41,11 @@ ALLOWED_DEMUXERS = (
 )
 """Container formats a video may come in. Demuxers that open other files or URLs (playlists,
 concat lists) or read images and text are refused."""
+
+TRUNCATED_MP4 = (
+    "the file looks truncated: an MP4 that ends before its index (the 'moov' box) is whole, "
+    "as when an upload or copy stops part-way"
+)
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,8 @@ def _open(source: Source) -> av.container.InputContainer:
     except av.error.FileNotFoundError as exc:
         raise NotFound(f"no such file: {exc}") from exc
     except (av.error.InvalidDataError, av.error.ArgumentError) as exc:
+        if lacks_index(source):
+            raise NotAVideo(TRUNCATED_MP4) from exc
         raise NotAVideo(f"not a supported video file: {exc}") from exc
 
 

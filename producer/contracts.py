@@ -113,10 +113,19 @@ class VideoRequest(_Strict):
         return self.model_dump_json(exclude_none=True).encode()
 
 
+class TrainedOn(_Strict):
+    """What the model was trained on and what it is for (`kind`: synthetic, real or unknown)."""
+
+    kind: Literal["synthetic", "real", "unknown"]
+    name: str
+    intended_use: str
+
+
 class ModelInfo(_Strict):
     name: str
     version: str
     spec_hash: str
+    trained_on: TrainedOn | None = None
 
 
 class FrameInfo(_Strict):

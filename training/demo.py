@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from models.spec import ONET_INPUT_SIZE, BackboneSpec, FaceSpec, SamplingSpec
+from training.dataset_card import card_path, copy_card, indexed_card, write_card
 from training.evaluate import REPORT_JSON, evaluate_run
 from training.export import export_run
 from training.extract import extract, open_store
@@ -59,10 +60,12 @@ def run_demo(out: Path, videos: int, seed: int, frames: int, epochs: int) -> dic
     manifest = out / "manifest.csv"
     if not manifest.is_file():
         write_manifest(manifest, build_manifest(scan_csv(data / "labels.csv"), seed=seed))
+    write_card(card_path(manifest), indexed_card("csv", data / "labels.csv"))
     rows = read_manifest(manifest)
 
     step = time.perf_counter()
     store, backbone = open_store(demo_store_spec(frames, seed), out / "store", rows)
+    copy_card(manifest, store.root)
     extract(rows, store, backbone, manifest_dir=manifest.parent)
     timings["extract"] = time.perf_counter() - step
 

@@ -2,7 +2,8 @@
 
 The inference spec takes the store's inference sampling, face settings and backbone (its weights
 digest included), the run's members, and the temperature and ensemble threshold fitted on VAL by
-`evaluate`; training metadata records the store, the run settings and the TEST metrics.
+`evaluate`; training metadata records the store, the run settings and the TEST metrics, and
+`trained_on` the store's dataset card (`training.dataset_card`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from models.backbones import build_backbone
 from models.checkpoint import save_checkpoint
 from models.ensemble import Ensemble
 from models.spec import EnsembleSpec, PipelineSpec
+from training.dataset_card import store_card
 from training.evaluate import ENSEMBLE, REPORT_JSON
 from training.features import FeatureStore, FeatureStoreError
 from training.train import load_member, read_config
@@ -53,6 +55,7 @@ def export_run(
         threshold=report["threshold"],
         temperature=report["temperature"],
         training=_training_metadata(store, run, report),
+        trained_on=store_card(store.root),
     )
     backbone = build_backbone(spec.backbone, state_dict=store.backbone_state())
     ensemble = Ensemble(spec.ensemble, spec.feature_dim, temperature=spec.temperature)

@@ -38,6 +38,7 @@ from models.spec import (
 )
 from models.video import DecodedVideo, decode_frames
 from training.augment import AugmentSpec, augment_view, stable_seed
+from training.dataset_card import copy_card
 from training.features import MANIFEST_FILE, FeatureStore, SpecMismatch, StoreSpec, ViewFeatures
 from training.manifest import ManifestRow, read_manifest
 
@@ -343,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_videos=args.calibration_videos,
         shard_videos=args.shard_videos,
     )
+    copy_card(args.manifest, store.root)
     counts = extract(rows, store, module, manifest_dir=args.manifest.parent, device=args.device)
     summary = {"command": "extract", "store": str(args.out), "spec_hash": store.spec_hash, **counts}
     print(json.dumps(summary))

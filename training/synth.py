@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from training.dataset_card import SYNTH_NAME, card_path, training_data, write_card
 from training.manifest import VideoEntry, absolute_path, write_labels
 from training.synth_render import ClipRecipe, render_clip
 from training.synth_sources import SOURCE_IDS
@@ -129,6 +130,7 @@ def generate_dataset(
 
     entries = [VideoEntry(absolute_path(path), r.label, r.source) for r, path in jobs]
     write_labels(out / "labels.csv", entries)
+    write_card(card_path(out / "labels.csv"), training_data("synthetic", SYNTH_NAME))
     _write_recipes(out / "clips.jsonl", jobs, out)
     (out / "README.md").write_text(_README.format(videos=videos, seed=seed), encoding="utf-8")
     return entries

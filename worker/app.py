@@ -18,6 +18,7 @@ import torch
 
 from models.errors import CheckpointError, WeightsError
 from models.pipeline import Detector
+from models.spec import PipelineSpec
 from worker.cache import LruFeatureCache, RedisFeatureCache, ResilientCache
 from worker.consumer import LoopSettings, StartupError, StreamWorker
 from worker.handler import MessageHandler
@@ -100,6 +101,26 @@ def warm_up(detector: Detector) -> float:
     return time.perf_counter() - started
 
 
+def log_loaded_model(spec: PipelineSpec, model_digest: str) -> None:
+    """Log the model's identity and training data; warn when it only knows synthetic data."""
+    trained_on = spec.trained_on.model_dump()
+    log.info(
+        "model loaded",
+        extra={
+            "model": spec.name,
+            "version": spec.version,
+            "spec_hash": spec.spec_hash,
+            "model_digest": model_digest,
+            "trained_on": trained_on,
+        },
+    )
+    if spec.trained_on.kind == "synthetic":
+        log.warning(
+            "this model was trained on synthetic data: its verdicts on real videos mean nothing",
+            extra={"trained_on": trained_on},
+        )
+
+
 def processing_settings(settings: WorkerSettings) -> ProcessingSettings:
     """Batching and concurrency of the pipeline, from the settings."""
     return ProcessingSettings(
@@ -166,15 +187,7 @@ class WorkerApp:
                 self._metrics.gpu_memory_bytes.set_function(
                     lambda: float(torch.cuda.memory_allocated(device))
                 )
-            log.info(
-                "model loaded",
-                extra={
-                    "model": spec.name,
-                    "version": spec.version,
-                    "spec_hash": spec.spec_hash,
-                    "model_digest": detector.model_digest,
-                },
-            )
+            log_loaded_model(spec, detector.model_digest)
             self._phase = "warming up the model"
             log.info(
                 "model warmed up",

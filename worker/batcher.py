@@ -8,6 +8,10 @@ future cancelled before its first item is dispatched is skipped.
 One bad input never fails its batch-mates: when `fn` raises, each job's part of the batch is retried
 alone, so only the culprit's future gets the exception (its later parts are dropped). When `fn`
 runs out of memory (CUDA or otherwise), the batch is halved and retried, down to single items.
+
+`on_batch(size, seconds)` gets each batch's size and compute time (every attempt),
+`on_wait(seconds)` each dispatched part's time in the queue since its submission (Triton's queue
+vs compute duration).
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class DynamicBatcher(Generic[T, R]):
         max_wait_ms: float,
         name: str = "",
         on_batch: Callable[[int, float], None] | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -94,6 +99,7 @@ class DynamicBatcher(Generic[T, R]):
         self._max_wait_s = max_wait_ms / 1000.0
         self._name = name
         self._on_batch = on_batch
+        self._on_wait = on_wait
         self._jobs: deque[_Job[T, R]] = deque()
         self._queued = 0
         self._closed = False
@@ -136,6 +142,7 @@ class DynamicBatcher(Generic[T, R]):
             if parts is None:
                 return
             if parts:
+                self._report_waits(parts)
                 self._dispatch(parts)
 
     def _next_batch(self) -> list[_Part[T, R]] | None:
@@ -228,6 +235,17 @@ class DynamicBatcher(Generic[T, R]):
             self._on_batch(size, seconds)
         except Exception:
             log.exception("on_batch callback failed", extra={"batcher": self._name})
+
+    def _report_waits(self, parts: list[_Part[T, R]]) -> None:
+        """Each dispatched part's time in the queue, from its submission until now."""
+        if self._on_wait is None:
+            return
+        now = time.monotonic()
+        try:
+            for part in parts:
+                self._on_wait(now - part.job.arrived)
+        except Exception:
+            log.exception("on_wait callback failed", extra={"batcher": self._name})
 
 
 def _out_of_memory(error: Exception) -> bool:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STAGES = ("fetch", "decode", "faces", "embed", "classify", "cache_get", "cache_put", "produce")
+BATCH_STAGES = ("faces", "embed", "classify")
+"""Stages that run through a dynamic batcher (`worker.batcher.DynamicBatcher`)."""
 BATCH_SIZE_BUCKETS = tuple(float(1 << power) for power in range(9))  # 1, 2, 4, ..., 256
 LATENCY_BUCKETS = (
     0.001,
@@ -93,9 +97,29 @@ class Metrics:
         )
         self.batch_seconds = Histogram(
             "dfd_batch_seconds",
-            "Time to run one dynamic batch",
+            "Compute time of one dynamic batch (Triton: nv_inference_compute_infer_duration_us)",
             ["stage"],
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_queue_seconds = Histogram(
+            "dfd_batch_queue_seconds",
+            "Time a submission waits in a batcher queue before its items are dispatched, "
+            "per dispatched part (Triton: nv_inference_queue_duration_us)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_pending_items = Gauge(
+            "dfd_batch_pending_items",
+            "Items waiting in a batcher queue (Triton: nv_inference_pending_request_count)",
+            ["stage"],
+            registry=registry,
+        )
+        self.batch_max_size = Gauge(
+            "dfd_batch_max_size",
+            "Most items per dynamic batch (batch fill = dfd_batch_size / this)",
+            ["stage"],
             registry=registry,
         )
 
@@ -133,6 +157,10 @@ class Metrics:
 
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
+        for stage in BATCH_STAGES:
+            self.batch_size.labels(stage=stage)
+            self.batch_seconds.labels(stage=stage)
+            self.batch_queue_seconds.labels(stage=stage)
 
     def set_model(self, name: str, version: str, spec_hash: str) -> None:
         """Publish the loaded model's identity (replaces any earlier one)."""
@@ -143,6 +171,15 @@ class Metrics:
         """Record one dynamic batch (fits `DynamicBatcher`'s `on_batch` via a partial)."""
         self.batch_size.labels(stage=stage).observe(size)
         self.batch_seconds.labels(stage=stage).observe(seconds)
+
+    def observe_queue_wait(self, stage: str, seconds: float) -> None:
+        """Record one submission's wait in a batcher queue (fits `DynamicBatcher`'s `on_wait`)."""
+        self.batch_queue_seconds.labels(stage=stage).observe(seconds)
+
+    def watch_batcher(self, stage: str, pending: Callable[[], int], max_batch: int) -> None:
+        """Publish a batcher's queued items (read at each scrape) and its largest batch."""
+        self.batch_pending_items.labels(stage=stage).set_function(pending)
+        self.batch_max_size.labels(stage=stage).set(max_batch)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""

@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -33,23 +34,30 @@ from producer.contracts import ErrorCode, Verdict, VideoRequest, utcnow
 from worker.batcher import DynamicBatcher
 from worker.cache import CacheStatus, ResilientCache, cache_key, prediction_key
 from worker.metrics import Metrics
+from worker.settings import WorkerSettings
 from worker.sources import LocalVideo, SourceError, SourcePolicy, fd_digest, open_source
 from worker.verdicts import error_verdict, model_info, ok_verdict
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+_DEFAULTS = WorkerSettings.model_fields
+
 
 @dataclass(frozen=True)
 class ProcessingSettings:
-    """Batching and concurrency of the pipeline."""
+    """Batching and concurrency of the pipeline (defaults: `WorkerSettings`')."""
 
     worker_id: str
-    max_batch_frames: int = 256
-    max_wait_ms: float = 10.0
-    classify_batch: int = 32
-    decode_workers: int = 2
-    decode_threads: int = 0
-    tmp_dir: Path | None = None
+    max_batch_frames: int = _DEFAULTS["max_batch_frames"].default
+    max_wait_ms: float = _DEFAULTS["max_wait_ms"].default
+    classify_batch: int = _DEFAULTS["classify_batch"].default
+    decode_workers: int = _DEFAULTS["decode_workers"].default
+    decode_threads: int = _DEFAULTS["decode_threads"].default
+    tmp_dir: Path | None = _DEFAULTS["tmp_dir"].default
 
 
 class _Attempt:
@@ -98,27 +106,30 @@ class VideoProcessor:
         self._model_digest = detector.model_digest
         self._model = model_info(detector.spec)
         self._decode_slots = threading.Semaphore(settings.decode_workers)
-        self._faces: DynamicBatcher[np.ndarray, FaceDetection] = DynamicBatcher(
-            detector.detect_faces,
-            settings.max_batch_frames,
-            settings.max_wait_ms,
-            name="faces",
-            on_batch=partial(metrics.observe_batch, "faces"),
+        self._faces: DynamicBatcher[np.ndarray, FaceDetection] = self._batcher(
+            "faces", detector.detect_faces, settings.max_batch_frames
         )
-        self._embeddings: DynamicBatcher[torch.Tensor, torch.Tensor] = DynamicBatcher(
-            self._embed_batch,
-            settings.max_batch_frames,
-            settings.max_wait_ms,
-            name="embed",
-            on_batch=partial(metrics.observe_batch, "embed"),
+        self._embeddings: DynamicBatcher[torch.Tensor, torch.Tensor] = self._batcher(
+            "embed", self._embed_batch, settings.max_batch_frames
         )
-        self._classifier: DynamicBatcher[VideoFeatures, Prediction] = DynamicBatcher(
-            detector.classify,
-            settings.classify_batch,
-            settings.max_wait_ms,
-            name="classify",
-            on_batch=partial(metrics.observe_batch, "classify"),
+        self._classifier: DynamicBatcher[VideoFeatures, Prediction] = self._batcher(
+            "classify", detector.classify, settings.classify_batch
         )
+
+    def _batcher(
+        self, stage: str, fn: Callable[[list[T]], list[R]], max_batch: int
+    ) -> DynamicBatcher[T, R]:
+        """A dynamic batcher for `stage` whose batches, waits and queue are in the metrics."""
+        batcher: DynamicBatcher[T, R] = DynamicBatcher(
+            fn,
+            max_batch,
+            self._settings.max_wait_ms,
+            name=stage,
+            on_batch=partial(self._metrics.observe_batch, stage),
+            on_wait=partial(self._metrics.observe_queue_wait, stage),
+        )
+        self._metrics.watch_batcher(stage, lambda: batcher.queued, max_batch)
+        return batcher
 
     def close(self, timeout_s: float | None = None) -> None:
         """Finish queued batches and stop the batcher threads."""

@@ -7,7 +7,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from models.spec import PipelineSpec
-from producer.contracts import ErrorCode, ErrorInfo, FrameInfo, ModelInfo, Verdict, VideoRequest
+from producer.contracts import (
+    ErrorCode,
+    ErrorInfo,
+    FrameInfo,
+    ModelInfo,
+    TrainedOn,
+    Verdict,
+    VideoRequest,
+)
 from worker.messages import Headers, Inbound
 
 if TYPE_CHECKING:
@@ -25,7 +33,12 @@ DLQ_ORIGINAL_OFFSET = "dfd-original-offset"
 
 def model_info(spec: PipelineSpec) -> ModelInfo:
     """The model identity carried by every verdict."""
-    return ModelInfo(name=spec.name, version=spec.version, spec_hash=spec.spec_hash)
+    return ModelInfo(
+        name=spec.name,
+        version=spec.version,
+        spec_hash=spec.spec_hash,
+        trained_on=TrainedOn(**spec.trained_on.model_dump()),
+    )
 
 
 def rounded_timings(timings_s: Mapping[str, float]) -> dict[str, float]:

@@ -72,7 +72,11 @@ def test_chain_learns_and_export_matches_evaluate(dataset: Path, tmp_path: Path)
         tmp_path / "run",
         tmp_path / "model.ckpt",
     )
-    _command("index", "--csv", dataset / "labels.csv", "--out", manifest, "--ratios", "0.6,0.2,0.2")
+    _command(
+        "index",
+        *("--csv", dataset / "labels.csv", "--out", manifest, "--ratios", "0.6,0.2,0.2"),
+        *("--dataset-kind", "synthetic", "--dataset-name", "flicker"),
+    )
     extract = (
         "extract",
         "--manifest",
@@ -135,6 +139,7 @@ def test_chain_learns_and_export_matches_evaluate(dataset: Path, tmp_path: Path)
     _command("export", "--store", store, "--run", run, "--out", checkpoint, "--name", "t")
     spec = spec_of(checkpoint)
     assert spec.spec_hash == report["spec_hash"]
+    assert (spec.trained_on.kind, spec.trained_on.name) == ("synthetic", "flicker")
     assert spec.temperature == pytest.approx(report["temperature"])
     assert spec.threshold == pytest.approx(report["threshold"])
     detector = Detector.load(checkpoint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.pipeline import Detector
-from worker.app import WorkerApp, warm_up
+from models.spec import SYNTHETIC_USE, PipelineSpec, TrainingData
+from worker.app import WorkerApp, log_loaded_model, warm_up
 from worker.consumer import StartupError
 from worker.settings import WorkerSettings
 
@@ -39,3 +41,15 @@ def test_a_failed_warm_up_stops_the_start_with_its_reason(monkeypatch: pytest.Mo
     detector = Detector.__new__(Detector)
     with pytest.raises(StartupError, match="warm-up failed: RuntimeError: no compiler found"):
         warm_up(detector)
+
+
+def test_a_synthetic_data_model_is_logged_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    synthetic = TrainingData(kind="synthetic", name="synth v1", intended_use=SYNTHETIC_USE)
+    with caplog.at_level(logging.INFO, logger="worker.app"):
+        log_loaded_model(PipelineSpec(trained_on=synthetic), "d" * 64)
+        log_loaded_model(PipelineSpec(), "e" * 64)  # an older checkpoint: unknown, no warning
+    loaded = [r for r in caplog.records if r.getMessage() == "model loaded"]
+    assert [r.trained_on["kind"] for r in loaded] == ["synthetic", "unknown"]  # type: ignore[attr-defined]
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "synthetic data" in warning.getMessage()
+    assert warning.trained_on["name"] == "synth v1"  # type: ignore[attr-defined]

@@ -232,6 +232,28 @@ def test_on_batch_reports_sizes(closing: list) -> None:
     assert all(value >= 0 for value in seconds)
 
 
+def test_on_wait_reports_each_dispatched_part(closing: list) -> None:
+    waits: list[float] = []
+    fn = Recorder(block_first=True)
+    batcher = make(closing, fn, max_batch=2, max_wait_ms=1, on_wait=waits.append)
+    first = batcher.submit([0])
+    assert fn.entered.wait(WAIT)
+    queued = batcher.submit([1, 2, 3])  # split into two parts while the first batch runs
+    fn.release.set()
+    assert queued.result(WAIT) == [10, 20, 30] and first.result(WAIT) == [0]
+    batcher.close(WAIT)
+    assert fn.batches == [[0], [1, 2], [3]]
+    assert len(waits) == 3 and all(wait >= 0 for wait in waits)
+
+
+def test_a_failing_on_wait_does_not_stop_batching(closing: list) -> None:
+    def on_wait(seconds: float) -> None:
+        raise RuntimeError("broken metrics")
+
+    batcher = make(closing, Recorder(), max_batch=4, max_wait_ms=1, on_wait=on_wait)
+    assert batcher.submit([1, 2]).result(WAIT) == [10, 20]
+
+
 def test_close_drains_queued_work_then_refuses(closing: list) -> None:
     fn = Recorder(block_first=True)
     batcher = make(closing, fn, max_batch=2, max_wait_ms=60_000)

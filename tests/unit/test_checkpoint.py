@@ -23,6 +23,7 @@ from models.checkpoint import (
 from models.ensemble import Ensemble
 from models.errors import CheckpointError
 from models.heads import pad_sequences
+from models.spec import SYNTHETIC_USE, TrainingData
 from tests.checkpoints import make_checkpoint, tiny_spec
 
 Tensors = dict[str, torch.Tensor]
@@ -94,6 +95,37 @@ def test_spec_of_and_describe_read_the_header(checkpoint: Path) -> None:
     info = describe(checkpoint)
     assert info["spec_hash"] == spec.spec_hash
     assert info["spec"] == json.loads(spec.model_dump_json())
+
+
+def test_training_data_is_recorded_outside_spec_hash(tmp_path: Path) -> None:
+    plain = tiny_spec()
+    trained_on = TrainingData(kind="synthetic", name="synth v1", intended_use=SYNTHETIC_USE)
+    spec = plain.model_copy(update={"trained_on": trained_on})
+    assert spec.spec_hash == plain.spec_hash  # it changes no feature: cached features are shared
+    path = make_checkpoint(tmp_path / "synthetic.safetensors", spec=spec)
+    assert spec_of(path).trained_on == trained_on
+    assert describe(path)["trained_on"] == {
+        "kind": "synthetic",
+        "name": "synth v1",
+        "intended_use": SYNTHETIC_USE,
+    }
+
+
+def test_a_checkpoint_without_training_data_loads_as_unknown(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    def drop_training_data(_tensors: Tensors, metadata: Metadata) -> None:
+        spec = json.loads(metadata["spec"])
+        del spec["trained_on"]
+        metadata["spec"] = json.dumps(spec)
+
+    older = _rewrite(checkpoint, tmp_path / "older.safetensors", drop_training_data)
+    assert load_checkpoint(older).spec.trained_on == TrainingData()
+    assert describe(older)["trained_on"] == {
+        "kind": "unknown",
+        "name": "unknown",
+        "intended_use": "unknown",
+    }
 
 
 def _same_tensors(first: Path, second: Path) -> bool:

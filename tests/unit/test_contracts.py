@@ -7,16 +7,19 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from models.spec import DatasetKind
 from producer.contracts import (
     MAX_REQUEST_BYTES,
     ContractError,
     ErrorCode,
+    TrainedOn,
     Verdict,
     VideoRequest,
     parse_request,
@@ -283,3 +286,18 @@ def test_importing_producer_does_not_import_torch():
     code = "import sys, producer, producer.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_verdict_model_block_carries_what_the_model_was_trained_on():
+    trained_on = {"kind": "synthetic", "name": "synth v1", "intended_use": "demo only"}
+    model = {"name": "m", "version": "1", "spec_hash": "abc", "trained_on": trained_on}
+    verdict = Verdict.model_validate(ok_verdict(model=model))
+    assert parse_verdict(verdict.to_bytes()) == verdict
+    assert verdict.model.trained_on is not None and verdict.model.trained_on.kind == "synthetic"
+    assert Verdict.model_validate(ok_verdict()).model.trained_on is None  # older workers
+    with pytest.raises(ValidationError):
+        Verdict.model_validate(
+            ok_verdict(model={**model, "trained_on": {**trained_on, "kind": "x"}})
+        )
+    kinds = get_args(TrainedOn.model_fields["kind"].annotation)
+    assert kinds == get_args(DatasetKind)  # the checkpoint's kinds, spelled the same

@@ -7,6 +7,8 @@ import copy
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ import pytest
 import yaml
 from pydantic.fields import FieldInfo
 
-from deploy import check, constraints, healthcheck, settings_doc
+from deploy import check, constraints, demo, healthcheck, settings_doc
+from producer.contracts import Verdict, utcnow
 from worker.settings import WorkerSettings
 
 ROOT = check.ROOT
@@ -235,6 +238,18 @@ def test_healthcheck_targets_the_configured_port(monkeypatch: pytest.MonkeyPatch
     assert healthcheck.healthz_url() == "http://127.0.0.1:9311/healthz"
 
 
+def test_healthcheck_imports_only_the_standard_library() -> None:
+    """The HEALTHCHECK runs every 30 s: it must not load the worker's settings or Kafka client."""
+    assert settings_doc.env_name("metrics_port") == healthcheck.PORT_ENV
+    code = (
+        "import sys, deploy.healthcheck; "
+        "heavy = {'worker', 'pydantic', 'confluent_kafka'} & set(sys.modules); "
+        "sys.exit(sorted(heavy) or 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_constraints_pin_every_worker_dependency() -> None:
     needed = set(constraints.closure())
     assert {"torch", "av", "confluent-kafka", "prometheus-client"} <= needed
@@ -289,3 +304,23 @@ def test_dashboard_panels_are_complete() -> None:
     for panel in panels:
         assert panel["targets"], panel["title"]
         assert all(target["expr"].strip() for target in panel["targets"])
+
+
+def test_demo_printout_says_what_the_model_is_good_for() -> None:
+    trained_on = {"kind": "synthetic", "name": "synth v1", "intended_use": "demo"}
+    model = {"name": "dfd-demo", "version": "demo", "spec_hash": "abc", "trained_on": trained_on}
+    verdict = Verdict(
+        request_id="r",
+        video_uri="file:///v.mp4",
+        status="error",
+        error={"code": "NOT_A_VIDEO", "message": "x"},
+        model=model,
+        worker_id="w",
+        completed_at=utcnow(),
+    )
+    line = demo.model_warning(verdict)
+    assert "synthetic data (synth v1)" in line and "verdicts on real videos mean nothing" in line
+    older = verdict.model_copy(
+        update={"model": verdict.model.model_copy(update={"trained_on": None})}
+    )
+    assert "unrecorded data" in demo.model_warning(older)

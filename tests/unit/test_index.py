@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from training.cli import main
+from training.dataset_card import card_path, read_card, training_data
 from training.index import (
     DatasetLayoutError,
     build_manifest,
@@ -151,6 +152,8 @@ def test_index_cli_writes_a_relative_manifest(
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["splits"]["test"]["videos"] == len(OFFICIAL_TEST)
+    assert summary["dataset"]["name"] == "celeb-df-v2"
+    assert read_card(card_path(out)) == training_data("real", "celeb-df-v2")
     lines = out.read_text().splitlines()
     assert lines[0] == "path,label,group,split"
     assert lines[1].startswith(("Celeb-real/", "Celeb-synthesis/", "YouTube-real/"))

@@ -31,6 +31,9 @@ EXPECTED_FAMILIES = {
     "dfd_request_seconds": "histogram",
     "dfd_batch_size": "histogram",
     "dfd_batch_seconds": "histogram",
+    "dfd_batch_queue_seconds": "histogram",
+    "dfd_batch_pending_items": "gauge",
+    "dfd_batch_max_size": "gauge",
     "dfd_inflight_requests": "gauge",
     "dfd_paused_partitions": "gauge",
     "dfd_consumer_lag": "gauge",
@@ -91,6 +94,26 @@ def test_values_and_labels_round_trip() -> None:
     assert [s.labels for s in info] == [{"name": "dfd", "version": "1.1", "spec_hash": "new"}]
     for stage in STAGES:
         assert sample_value(text, "dfd_stage_seconds_count", {"stage": stage}) == 0
+
+
+def test_batcher_queue_metrics_in_tritons_terms() -> None:
+    metrics = Metrics()
+    pending = [7]
+    metrics.watch_batcher("faces", lambda: pending[0], 256)
+    metrics.observe_queue_wait("faces", 0.003)
+    metrics.observe_queue_wait("faces", 0.2)
+    text = metrics.render().decode()
+    assert sample_value(text, "dfd_batch_pending_items", {"stage": "faces"}) == 7
+    assert sample_value(text, "dfd_batch_max_size", {"stage": "faces"}) == 256
+    assert sample_value(text, "dfd_batch_queue_seconds_count", {"stage": "faces"}) == 2
+    assert (
+        sample_value(text, "dfd_batch_queue_seconds_bucket", {"stage": "faces", "le": "0.005"}) == 1
+    )
+    assert sample_value(text, "dfd_batch_queue_seconds_count", {"stage": "embed"}) == 0
+    pending[0] = 0  # read at each scrape
+    assert (
+        sample_value(metrics.render().decode(), "dfd_batch_pending_items", {"stage": "faces"}) == 0
+    )
 
 
 def test_instances_do_not_share_registries() -> None:

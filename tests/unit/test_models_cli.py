@@ -97,3 +97,4 @@ def test_info_through_python_dash_m(checkpoint: Path) -> None:
     assert header["spec_hash"] == spec.spec_hash
     assert header["spec"] == json.loads(spec.model_dump_json())
     assert header["format_version"] == "1"
+    assert header["trained_on"] == spec.trained_on.model_dump() == header["spec"]["trained_on"]

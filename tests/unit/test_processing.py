@@ -17,7 +17,7 @@ from models.backbones import build_backbone
 from models.checkpoint import save_checkpoint
 from models.ensemble import Ensemble
 from models.pipeline import Detector
-from producer.contracts import ErrorCode, VideoRequest
+from producer.contracts import ErrorCode, TrainedOn, VideoRequest
 from producer.digests import sha256_file
 from tests.checkpoints import make_checkpoint, tiny_spec
 from tests.videos import make_video
@@ -32,6 +32,7 @@ from worker.cache import (
 )
 from worker.metrics import Metrics
 from worker.processing import ProcessingSettings, VideoProcessor
+from worker.settings import WorkerSettings
 from worker.sources import SourcePolicy
 
 torch.set_num_threads(1)
@@ -162,6 +163,23 @@ def test_ok_verdict_matches_predict_file_then_hits_the_cache(
     assert sample(metrics, "dfd_cache_misses_total") == 1
     assert sample(metrics, "dfd_requests_total", {"status": "ok", "code": ""}) == 2
     assert sample(metrics, "dfd_frames_sampled_total") == expected.sampled
+
+
+def test_batched_stages_report_queue_wait_pending_items_and_max_size(
+    processor: VideoProcessor, videos: Path, metrics: Metrics
+) -> None:
+    verdict = processor.process(request(videos / "clip0.mp4"))
+    assert verdict.status == "ok"
+    assert sample(metrics, "dfd_batch_max_size", {"stage": "faces"}) == 16
+    assert sample(metrics, "dfd_batch_max_size", {"stage": "classify"}) == 32
+    for stage in ("faces", "embed", "classify"):
+        assert sample(metrics, "dfd_batch_queue_seconds_count", {"stage": stage}) >= 1, stage
+        assert sample(metrics, "dfd_batch_seconds_count", {"stage": stage}) >= 1
+        assert sample(metrics, "dfd_batch_pending_items", {"stage": stage}) == 0  # all served
+    assert verdict.model is not None  # the tiny checkpoint records no training data
+    assert verdict.model.trained_on == TrainedOn(
+        kind="unknown", name="unknown", intended_use="unknown"
+    )
 
 
 def test_model_digest_names_the_whole_model(
@@ -364,3 +382,10 @@ def test_a_download_is_keyed_by_the_digest_of_its_bytes(
     assert wrong.error is not None
     assert wrong.error.code is ErrorCode.INVALID_REQUEST
     assert list(tmp_path.iterdir()) == []
+
+
+def test_processing_settings_default_to_the_worker_settings() -> None:
+    fields = WorkerSettings.model_fields
+    settings = ProcessingSettings(worker_id="w")
+    for name in ("max_batch_frames", "max_wait_ms", "classify_batch", "decode_workers"):
+        assert getattr(settings, name) == fields[name].default

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from training.cli import main
+from training.dataset_card import read_card, training_data
 from training.manifest import read_labels
 from training.synth import SynthError, encode_mp4, generate_dataset, plan_clips
 from training.synth_render import ClipRecipe, RenderedClip, render_clip
@@ -60,6 +61,7 @@ def test_tiny_dataset_is_decodable_and_consistently_labelled(tmp_path: Path) -> 
         frames = _decode(path)
         assert frames.shape == (FRAMES, SIZE[1], SIZE[0], 3)
     assert "NOT deepfake data" in (out / "README.md").read_text()
+    assert read_card(out / "labels.dataset.json") == training_data("synthetic", "synth v1")
     recipes = [json.loads(line) for line in (out / "clips.jsonl").read_text().splitlines()]
     assert [r["label"] for r in recipes] == [e.label for e in entries]
     assert all((r["manipulation"] is None) == (r["label"] == "real") for r in recipes)

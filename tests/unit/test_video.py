@@ -11,6 +11,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.errors import (
     DecodeFailed,
@@ -22,9 +24,10 @@ from models.errors import (
     PipelineError,
     TooLarge,
 )
+from models.mp4_index import lacks_index
 from models.sampling import sample_indices
 from models.spec import DecodeLimits, SamplingSpec
-from models.video import DecodedVideo, decode_frames
+from models.video import TRUNCATED_MP4, DecodedVideo, decode_frames
 from tests.videos import index_frame, index_frames, make_audio, make_video, read_index
 
 LIMITS = DecodeLimits()
@@ -434,3 +437,40 @@ def test_every_error_is_a_pipeline_error(tmp_path: Path) -> None:
         path.write_bytes(content)
         with pytest.raises(PipelineError):
             decode(path)
+
+
+def test_mp4_cut_before_its_index_is_reported_as_truncated(tmp_path: Path) -> None:
+    whole = make_video(tmp_path / "whole.mp4", index_frames(50))  # moov written last
+    assert not lacks_index(whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    assert lacks_index(cut)
+    for source in (cut, io.BytesIO(cut.read_bytes())):
+        with pytest.raises(NotAVideo) as caught:
+            decode(source)
+        assert caught.value.code == "NOT_A_VIDEO"
+        assert caught.value.message == TRUNCATED_MP4
+
+
+def test_an_mp4_ending_inside_its_leading_index_lacks_it(tmp_path: Path) -> None:
+    options = {"movflags": "faststart"}  # moov before the media data
+    whole = make_video(tmp_path / "fast.mp4", index_frames(50), container_options=options)
+    data = whole.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat") and not lacks_index(whole)
+    assert lacks_index(io.BytesIO(data[: data.index(b"moov") + 64]))
+    assert not lacks_index(io.BytesIO(data[: data.index(b"mdat") - 4]))  # moov whole, no media
+
+
+def test_garbage_is_not_mistaken_for_a_truncated_mp4(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\x00\x00\x00\x08free" + b"not a video at all" * 100)
+    with pytest.raises(NotAVideo) as caught:
+        decode(garbage)
+    assert caught.value.message.startswith("not a supported video file")
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=256))
+def test_box_walk_never_fails_on_hostile_bytes(data: bytes) -> None:
+    assert lacks_index(io.BytesIO(b"\x00\x00\x00\x10ftypisom" + data)) in (True, False)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from models.spec import DatasetKind
+from training.dataset_card import card_path, indexed_card, write_card
 from training.index import (
     DatasetLayoutError,
     build_manifest,
@@ -35,6 +37,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_ratios,
         default=DEFAULT_RATIOS,
         help="train,val,test fractions (default 0.7,0.2,0.1)",
+    )
+    parser.add_argument(
+        "--dataset-kind",
+        choices=get_args(DatasetKind),
+        help="what the videos are (default: the dataset's card; Celeb-DF: real)",
+    )
+    parser.add_argument(
+        "--dataset-name", help="the dataset's name (default: its card's; Celeb-DF: celeb-df-v2)"
     )
     parser.add_argument(
         "--official-test",
@@ -70,9 +80,14 @@ def run(args: argparse.Namespace) -> int:
             entries = scan_csv(args.csv)
         rows = build_manifest(entries, ratios=args.ratios, seed=args.seed, official_test=official)
         write_manifest(args.out, rows)
+        layout = "celebdf" if args.celebdf else "folders" if args.folders else "csv"
+        source = args.celebdf or args.folders or args.csv
+        card = indexed_card(layout, source, kind=args.dataset_kind, name=args.dataset_name)
+        write_card(card_path(args.out), card)
     except (DatasetLayoutError, ManifestError, SplitError) as error:
         error_line = {"code": error.code, "message": str(error)}
         print(json.dumps({"command": "index", "error": error_line}))
         return 2
-    print(json.dumps({"command": "index", "out": str(args.out), "splits": summarize(rows)}))
+    summary = {"out": str(args.out), "dataset": card.model_dump(), "splits": summarize(rows)}
+    print(json.dumps({"command": "index", **summary}))
     return 0

@@ -1,0 +1,1 @@
+"""The Grafana dashboard of the workers, generated from `deploy/grafana/dashboard.py`."""
