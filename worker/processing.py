@@ -1,7 +1,7 @@
 """The per-request pipeline of the worker and the per-message handler around it.
 
 `VideoProcessor.process` runs one request: source policy -> content digest -> prediction cache
-[hit: the verdict straight away] -> feature cache [miss: decode (bounded thread concurrency) ->
+[hit: the verdict straight away] -> feature cache [miss: decode (the worker's decode pool) ->
 face detection through a dynamic batcher shared by every in-flight video -> the video's face
 track and crops -> backbone embeddings through another shared batcher -> feature store] ->
 ensemble (batched across videos) -> prediction store.
@@ -11,7 +11,6 @@ It never raises: every failure becomes an error verdict with a precise code.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.decode_pool import ThreadDecoder, VideoDecoder
 from models.errors import PipelineError
 from models.faces import FaceDetection
 from models.pipeline import Detector, Prediction, VideoFeatures
+from models.video_budget import MemoryBudget
 from producer.contracts import ErrorCode, Verdict, VideoRequest, utcnow
 from worker.batcher import DynamicBatcher
 from worker.cache import CacheStatus, ResilientCache, cache_key, prediction_key
@@ -45,6 +46,8 @@ class ProcessingSettings:
     classify_batch: int = 32
     decode_workers: int = 2
     decode_threads: int = 0
+    decode_memory_bytes: int = 2 << 30
+    decode_max_side: int | None = None
     tmp_dir: Path | None = None
 
 
@@ -83,7 +86,10 @@ class VideoProcessor:
         policy: SourcePolicy,
         metrics: Metrics,
         settings: ProcessingSettings,
+        decoder: VideoDecoder | None = None,
     ) -> None:
+        """`decoder` defaults to decoding in the request threads (`ThreadDecoder`, from the
+        settings); the worker passes its `DecodePool` (it starts and closes the pool)."""
         self._detector = detector
         self._cache = cache
         self._policy = policy
@@ -92,7 +98,12 @@ class VideoProcessor:
         self._spec_hash = detector.spec.spec_hash
         self._model_digest = detector.model_digest
         self._model = model_info(detector.spec)
-        self._decode_slots = threading.Semaphore(settings.decode_workers)
+        self._decoder = decoder or ThreadDecoder(
+            settings.decode_workers,
+            MemoryBudget(settings.decode_memory_bytes),
+            max_side=settings.decode_max_side,
+            threads=settings.decode_threads,
+        )
         self._faces: DynamicBatcher[np.ndarray, FaceDetection] = DynamicBatcher(
             detector.detect_faces,
             settings.max_batch_frames,
@@ -179,19 +190,23 @@ class VideoProcessor:
             self._cache.put_prediction(key, prediction, self._model_digest)
         return prediction
 
-    def _extract(self, path: Path, attempt: _Attempt) -> VideoFeatures:
-        with attempt.stage("decode"), self._decode_slots:
-            decoded = self._detector.decode(path, threads=self._settings.decode_threads)
-        self._metrics.frames_decoded.inc(decoded.frames_decoded)
-        self._metrics.frames_sampled.inc(len(decoded.frames))
-        with attempt.stage("faces"):
-            detections = self._faces.submit(decoded.frames).result()
-            faces = self._detector.cut_faces(detections, decoded.timestamps_s)
+    def _extract(self, source: Path | int, attempt: _Attempt) -> VideoFeatures:
+        with attempt.stage("decode"):
+            decoded = self._decoder.decode(
+                source, self._detector.spec.sampling, self._detector.decode_limits
+            )
+        with decoded as video:  # its frames count against the decode memory budget until here
+            self._metrics.frames_decoded.inc(video.frames_decoded)
+            self._metrics.frames_sampled.inc(len(video.frames))
+            with attempt.stage("faces"):
+                detections = self._faces.submit(video.frames).result()
+                faces = self._detector.cut_faces(detections, video.timestamps_s)
+            del detections  # their copies of the frames are not needed for the embeddings
         self._metrics.faces_found.inc(sum(faces.has_face))
         kept = self._detector.keep(faces.has_face)
         with attempt.stage("embed"):
             rows = self._embeddings.submit(list(faces.crops[kept])).result()
-        return self._detector.assemble(decoded, faces.has_face, torch.stack(rows))
+        return self._detector.assemble(video, faces.has_face, torch.stack(rows))
 
     def _embed_batch(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(self._detector.embed(torch.stack(crops)))

@@ -90,3 +90,16 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
 def test_waits_must_fit_in_the_poll_interval() -> None:
     with pytest.raises(ValidationError, match="max_poll_interval_ms"):
         WorkerSettings(checkpoint=Path("c.pt"), drain_deadline_s=60, max_poll_interval_ms=30_000)
+
+
+def test_decode_pool_defaults_follow_the_cores_and_max_inflight() -> None:
+    settings = WorkerSettings(checkpoint=Path("m.pt"), max_inflight=4)
+    assert settings.decode_process_count() == os.cpu_count()
+    assert settings.decode_memory_bytes() == 4 * 128 << 20
+    explicit = WorkerSettings(
+        checkpoint=Path("m.pt"), decode_processes=0, decode_memory_mb=300, decode_max_side=960
+    )
+    assert explicit.decode_process_count() == 0
+    assert explicit.decode_memory_bytes() == 300 << 20
+    with pytest.raises(ValidationError):
+        WorkerSettings(checkpoint=Path("m.pt"), decode_processes=-1)
