@@ -195,18 +195,18 @@ class VideoProcessor:
             decoded = self._decoder.decode(
                 source, self._detector.spec.sampling, self._detector.decode_limits
             )
-        with decoded as video:  # its frames count against the decode memory budget until here
+        with decoded as video:  # its frames count against the decode memory budget until done
             self._metrics.frames_decoded.inc(video.frames_decoded)
             self._metrics.frames_sampled.inc(len(video.frames))
             with attempt.stage("faces"):
                 detections = self._faces.submit(video.frames).result()
                 faces = self._detector.cut_faces(detections, video.timestamps_s)
             del detections  # their copies of the frames are not needed for the embeddings
-        self._metrics.faces_found.inc(sum(faces.has_face))
-        kept = self._detector.keep(faces.has_face)
-        with attempt.stage("embed"):
-            rows = self._embeddings.submit(list(faces.crops[kept])).result()
-        return self._detector.assemble(video, faces.has_face, torch.stack(rows))
+            self._metrics.faces_found.inc(sum(faces.has_face))
+            kept = self._detector.keep(faces.has_face)
+            with attempt.stage("embed"):
+                rows = self._embeddings.submit(list(faces.crops[kept])).result()
+            return self._detector.assemble(video, faces.has_face, torch.stack(rows))
 
     def _embed_batch(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(self._detector.embed(torch.stack(crops)))
