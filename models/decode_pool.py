@@ -26,6 +26,10 @@ supervises it for the whole job:
 the memory budget holds, but its deadline is only checked between FFmpeg calls.
 
 Both return a `Decoded` lease: its frames count against the budget until it is released.
+
+As with any `spawn` child, a parent run as a script (`python path/to/script.py`) has its main
+module imported again in each child; run it as a module (`python -m worker`, a package's
+`__main__`) so the children import only this module, PyAV and numpy.
 """
 
 from __future__ import annotations
