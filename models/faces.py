@@ -21,6 +21,7 @@ is measured in pixels of that detection image, which bounds the detector's image
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,6 +61,22 @@ class FaceCrops:
     crops: torch.Tensor  # [N, 3, S, S] uint8 RGB on the cropper's device
     has_face: list[bool]
     boxes: list[Box | None]  # chosen face box (x1, y1, x2, y2) in frame pixels
+
+
+def frame_max_side(face: FaceSpec, crop_size: int) -> int:
+    """The longest frame side the face stage can use: frames may be scaled down to it right
+    after decoding without changing what it finds beyond the rounding of a resize.
+
+    Detection sees at most `detect_max_side` pixels. A crop is cut from the full frame around a
+    detected face, which is at least `min_face_size` detection pixels wide: at this side the
+    square around the smallest such face still has `crop_size` pixels, so no crop is enlarged
+    from fewer pixels than it was before (larger faces are shrunk to `crop_size` either way).
+    Whole frames (detector "none") are letterboxed to `crop_size`.
+    """
+    if face.detector == "none":
+        return crop_size
+    smallest_square = face.min_face_size * (1.0 + face.margin)
+    return max(face.detect_max_side, math.ceil(face.detect_max_side * crop_size / smallest_square))
 
 
 def square_box(box: Box, margin: float, frame_w: int, frame_h: int) -> PixelBox:

@@ -188,6 +188,10 @@ class FrameReader:
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError as exc:
+                # FFmpeg refuses a frame over its max_pixels before allocating it, but the codec
+                # context already shows the size the bitstream asked for
+                codec = self.stream.codec_context
+                self.budget.check_pixels(codec.width, codec.height)
                 self.budget.packets_skipped += 1
                 logger.debug("skipped an undecodable packet: %s", exc)
                 continue

@@ -130,3 +130,43 @@ def make_audio(path: str | os.PathLike[str], seconds: float = 0.5, rate: int = 1
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
+
+
+def make_size_switch_video(
+    path: str | os.PathLike[str],
+    small: tuple[int, int] = (64, 64),
+    big: tuple[int, int] = (8192, 8192),
+    small_frames: int = 400,
+) -> Path:
+    """An H.264 Matroska file whose header (and first `small_frames` frames) say `small`
+    (width, height) and whose last frame, after a new SPS in the bitstream, is `big`: what a file
+    crafted to make a decoder allocate far more than its header announces looks like."""
+    packets: list[bytes] = []
+    extradata = b""
+    for (width, height), count in ((small, small_frames), (big, 1)):
+        codec = av.CodecContext.create("libx264", "w")
+        codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+        codec.time_base, codec.framerate = Fraction(1, 25), Fraction(25)
+        codec.options = {"preset": "ultrafast"}
+        for index in range(count):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes([128]) * plane.buffer_size)
+            frame.pts = index
+            packets += [bytes(packet) for packet in codec.encode(frame)]
+        packets += [bytes(packet) for packet in codec.encode(None)]
+        extradata = extradata or bytes(codec.extradata or b"")
+    path = Path(path)
+    with av.open(str(path), mode="w", format="matroska") as out:
+        stream = out.add_stream("h264", rate=25)
+        stream.width, stream.height = small
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.extradata = extradata
+        for index, data in enumerate(packets):
+            packet = av.Packet(data)
+            packet.stream = stream
+            packet.pts = packet.dts = index
+            packet.time_base = Fraction(1, 25)
+            packet.is_keyframe = index in (0, small_frames)
+            out.mux(packet)
+    return path

@@ -16,11 +16,13 @@ from typing import Any
 
 import torch
 
+from models.decode_pool import VideoDecoder
 from models.errors import CheckpointError, WeightsError
 from models.pipeline import Detector
 from models.spec import PipelineSpec
 from worker.cache import LruFeatureCache, RedisFeatureCache, ResilientCache
 from worker.consumer import LoopSettings, StartupError, StreamWorker
+from worker.decoding import build_decoder
 from worker.handler import MessageHandler
 from worker.health import HealthServer
 from worker.metrics import Metrics
@@ -177,6 +179,7 @@ class WorkerApp:
         self._install_signal_handlers()
         self._health.start()
         processor: VideoProcessor | None = None
+        decoder: VideoDecoder | None = None
         try:
             self._phase = "loading the model"
             detector = load_detector(settings)
@@ -196,12 +199,18 @@ class WorkerApp:
                     "compiled_backbone": settings.compile_backbone,
                 },
             )
+            self._phase = "starting the decode processes"
+            try:
+                decoder = build_decoder(settings, spec, self._metrics)
+            except (RuntimeError, OSError) as exc:
+                raise StartupError(f"cannot start the decode pool: {exc}") from None
             processor = VideoProcessor(
                 detector,
                 build_cache(settings, self._metrics),
                 source_policy(settings),
                 self._metrics,
                 processing_settings(settings),
+                decoder,
             )
             handler = MessageHandler(
                 processor,
@@ -228,6 +237,8 @@ class WorkerApp:
             stream.check_broker()
         except StartupError as exc:
             log.error("startup failed", extra={"reason": str(exc)})
+            if decoder is not None:
+                decoder.close()
             self._health.stop()
             return EXIT_STARTUP
         self._stream = stream
@@ -238,6 +249,7 @@ class WorkerApp:
             stream.run()
         finally:
             processor.close(timeout_s=1.0)
+            decoder.close()
             self._health.stop()
         return EXIT_OK
 

@@ -123,6 +123,29 @@ class Metrics:
             registry=registry,
         )
 
+        self.decode_busy = Gauge(
+            "dfd_decode_busy", "Videos being decoded now (decode processes busy)", registry=registry
+        )
+        self.decode_queued = Gauge(
+            "dfd_decode_queued", "Decodes waiting for a free decode process", registry=registry
+        )
+        self.decode_restarts = Counter(
+            "dfd_decode_restarts",
+            "Decode processes replaced, by reason (timeout: killed at the deadline; crash)",
+            ["reason"],
+            registry=registry,
+        )
+        self.decode_memory_bytes = Gauge(
+            "dfd_decode_memory_bytes",
+            "Bytes of decoded frames reserved now (against dfd_decode_memory_limit_bytes)",
+            registry=registry,
+        )
+        self.decode_memory_limit_bytes = Gauge(
+            "dfd_decode_memory_limit_bytes",
+            "The decoded-frame memory budget",
+            registry=registry,
+        )
+
         self.inflight_requests = Gauge(
             "dfd_inflight_requests",
             "Requests taken from Kafka and not yet finished",
@@ -161,6 +184,8 @@ class Metrics:
             self.batch_size.labels(stage=stage)
             self.batch_seconds.labels(stage=stage)
             self.batch_queue_seconds.labels(stage=stage)
+        for reason in ("timeout", "crash"):
+            self.decode_restarts.labels(reason=reason)
 
     def set_model(self, name: str, version: str, spec_hash: str) -> None:
         """Publish the loaded model's identity (replaces any earlier one)."""

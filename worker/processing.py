@@ -1,7 +1,7 @@
 """The per-request pipeline of the worker and the per-message handler around it.
 
 `VideoProcessor.process` runs one request: source policy -> content digest -> prediction cache
-[hit: the verdict straight away] -> feature cache [miss: decode (bounded thread concurrency) ->
+[hit: the verdict straight away] -> feature cache [miss: decode (the worker's decode pool) ->
 face detection through a dynamic batcher shared by every in-flight video -> the video's face
 track and crops -> backbone embeddings through another shared batcher -> feature store] ->
 ensemble (batched across videos) -> prediction store.
@@ -15,7 +15,6 @@ stored under it before the descriptor's bytes are hashed and match it (else INVA
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,14 +26,16 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from models.decode_pool import ThreadDecoder, VideoDecoder
 from models.errors import PipelineError
 from models.faces import FaceDetection
 from models.pipeline import Detector, Prediction, VideoFeatures
+from models.video_budget import MemoryBudget
 from producer.contracts import ErrorCode, Verdict, VideoRequest, utcnow
 from worker.batcher import DynamicBatcher
 from worker.cache import CacheStatus, ResilientCache, cache_key, prediction_key
 from worker.metrics import Metrics
-from worker.settings import WorkerSettings
+from worker.settings import DECODE_MIB_PER_REQUEST, WorkerSettings
 from worker.sources import LocalVideo, SourceError, SourcePolicy, fd_digest, open_source
 from worker.verdicts import error_verdict, model_info, ok_verdict
 
@@ -57,6 +58,8 @@ class ProcessingSettings:
     classify_batch: int = _DEFAULTS["classify_batch"].default
     decode_workers: int = _DEFAULTS["decode_workers"].default
     decode_threads: int = _DEFAULTS["decode_threads"].default
+    decode_memory_bytes: int = (DECODE_MIB_PER_REQUEST * _DEFAULTS["max_inflight"].default) << 20
+    decode_max_side: int | None = _DEFAULTS["decode_max_side"].default
     tmp_dir: Path | None = _DEFAULTS["tmp_dir"].default
 
 
@@ -95,7 +98,10 @@ class VideoProcessor:
         policy: SourcePolicy,
         metrics: Metrics,
         settings: ProcessingSettings,
+        decoder: VideoDecoder | None = None,
     ) -> None:
+        """`decoder` defaults to decoding in the request threads (`ThreadDecoder`, from the
+        settings); the worker passes its `DecodePool` (it starts and closes the pool)."""
         self._detector = detector
         self._cache = cache
         self._policy = policy
@@ -105,7 +111,12 @@ class VideoProcessor:
         self._feature_dim = detector.spec.feature_dim
         self._model_digest = detector.model_digest
         self._model = model_info(detector.spec)
-        self._decode_slots = threading.Semaphore(settings.decode_workers)
+        self._decoder = decoder or ThreadDecoder(
+            settings.decode_workers,
+            MemoryBudget(settings.decode_memory_bytes),
+            max_side=settings.decode_max_side,
+            threads=settings.decode_threads,
+        )
         self._faces: DynamicBatcher[np.ndarray, FaceDetection] = self._batcher(
             "faces", detector.detect_faces, settings.max_batch_frames
         )
@@ -208,20 +219,24 @@ class VideoProcessor:
             self._cache.put_prediction(key, prediction, self._model_digest)
         return prediction
 
-    def _extract(self, source: int | Path, attempt: _Attempt) -> VideoFeatures:
+    def _extract(self, source: Path | int, attempt: _Attempt) -> VideoFeatures:
         """The video's features; `source` is an open descriptor (or a path)."""
-        with attempt.stage("decode"), self._decode_slots:
-            decoded = self._detector.decode(source, threads=self._settings.decode_threads)
-        self._metrics.frames_decoded.inc(decoded.frames_decoded)
-        self._metrics.frames_sampled.inc(len(decoded.frames))
-        with attempt.stage("faces"):
-            detections = self._faces.submit(decoded.frames).result()
-            faces = self._detector.cut_faces(detections, decoded.timestamps_s)
-        self._metrics.faces_found.inc(sum(faces.has_face))
-        kept = self._detector.keep(faces.has_face)
-        with attempt.stage("embed"):
-            rows = self._embeddings.submit(list(faces.crops[kept])).result()
-        return self._detector.assemble(decoded, faces.has_face, torch.stack(rows))
+        with attempt.stage("decode"):
+            decoded = self._decoder.decode(
+                source, self._detector.spec.sampling, self._detector.decode_limits
+            )
+        with decoded as video:  # its frames count against the decode memory budget until done
+            self._metrics.frames_decoded.inc(video.frames_decoded)
+            self._metrics.frames_sampled.inc(len(video.frames))
+            with attempt.stage("faces"):
+                detections = self._faces.submit(video.frames).result()
+                faces = self._detector.cut_faces(detections, video.timestamps_s)
+            del detections  # their copies of the frames are not needed for the embeddings
+            self._metrics.faces_found.inc(sum(faces.has_face))
+            kept = self._detector.keep(faces.has_face)
+            with attempt.stage("embed"):
+                rows = self._embeddings.submit(list(faces.crops[kept])).result()
+            return self._detector.assemble(video, faces.has_face, torch.stack(rows))
 
     def _embed_batch(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(self._detector.embed(torch.stack(crops)))

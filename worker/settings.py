@@ -36,6 +36,10 @@ RESERVED_KAFKA_KEYS = frozenset(
     }
 )
 
+DECODE_MIB_PER_REQUEST = 128
+"""Default decode memory per in-flight request: 32 sampled 1080p frames take 190 MiB, 32 4K frames
+scaled to 2757 px 391 MiB, so at 16 in flight about 10 1080p or 5 4K videos hold frames at once."""
+
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -104,9 +108,33 @@ class WorkerSettings(BaseSettings):
     max_inflight: PositiveInt = Field(
         16, description="Requests processed at once; partitions pause when it is reached."
     )
-    decode_workers: PositiveInt = Field(2, description="Videos decoded at the same time.")
+    decode_workers: PositiveInt = Field(
+        2,
+        description="Videos decoded at the same time in the request threads (with "
+        "--decode-processes 0).",
+    )
     decode_threads: Annotated[int, Field(ge=0)] = Field(
-        0, description="Codec threads per decoded video (0 = PyAV's default)."
+        0,
+        description="Codec threads per decoded video (0 = PyAV's default; one per decode "
+        "process in the pool).",
+    )
+    decode_processes: Annotated[int, Field(ge=0)] | None = Field(
+        None,
+        description="Decode processes (models.decode_pool: a hard deadline per video, off the "
+        "GIL); 0 decodes in the request threads (--decode-workers at once, deadline checked "
+        "between FFmpeg calls only). Default: one per CPU core.",
+    )
+    decode_memory_mb: PositiveInt | None = Field(
+        None,
+        description="Budget of decoded frames held at once, in MiB (a video waits for it, or "
+        f"is refused when alone over it). Default: {DECODE_MIB_PER_REQUEST} MiB per "
+        "--max-inflight request.",
+    )
+    decode_max_side: PositiveInt | None = Field(
+        None,
+        description="Scale frames down to this longest side right after decoding. Default: what "
+        "the checkpoint's face stage can use (models.faces.frame_max_side; 2757 px for the "
+        "default spec).",
     )
 
     # Feature and prediction cache
@@ -203,6 +231,17 @@ class WorkerSettings(BaseSettings):
                 "or the group evicts the worker while it waits"
             )
         return self
+
+    def decode_process_count(self) -> int:
+        """Decode processes to start (0: decode in the request threads)."""
+        if self.decode_processes is None:
+            return os.cpu_count() or 1
+        return self.decode_processes
+
+    def decode_memory_bytes(self) -> int:
+        """The decoded-frame memory budget in bytes."""
+        mib = self.decode_memory_mb or DECODE_MIB_PER_REQUEST * self.max_inflight
+        return mib << 20
 
     def decode_limits(self, base: DecodeLimits) -> DecodeLimits:
         """The checkpoint's decode limits with this worker's overrides applied."""

@@ -30,6 +30,7 @@ from worker.cache import (
     cache_key,
     prediction_key,
 )
+from worker.decoding import build_decoder
 from worker.metrics import Metrics
 from worker.processing import ProcessingSettings, VideoProcessor
 from worker.settings import WorkerSettings
@@ -389,3 +390,27 @@ def test_processing_settings_default_to_the_worker_settings() -> None:
     settings = ProcessingSettings(worker_id="w")
     for name in ("max_batch_frames", "max_wait_ms", "classify_batch", "decode_workers"):
         assert getattr(settings, name) == fields[name].default
+
+
+def test_decoding_in_the_pool_gives_the_same_verdict_and_its_metrics(
+    detector: Detector, videos: Path, tmp_path: Path
+) -> None:
+    clip = videos / "clip1.mp4"
+    metrics = Metrics()
+    settings = WorkerSettings(checkpoint=tmp_path / "unused.pt", decode_processes=1)
+    pool = build_decoder(settings, detector.spec, metrics)
+    cache = ResilientCache(LruFeatureCache(16))
+    processing = ProcessingSettings(worker_id="test-worker", max_batch_frames=16, max_wait_ms=5)
+    pooled = VideoProcessor(detector, cache, SourcePolicy((videos,)), metrics, processing, pool)
+    try:
+        verdict = pooled.process(request(clip))
+    finally:
+        pooled.close()
+        pool.close()
+    assert verdict.status == "ok" and verdict.cache == "miss"
+    expected = detector.predict_file(clip)
+    assert verdict.fake_probability == pytest.approx(expected.fake_probability, abs=1e-4)
+    assert sample(metrics, "dfd_decode_memory_limit_bytes") == 16 * 128 << 20
+    assert sample(metrics, "dfd_decode_memory_bytes") == 0
+    assert sample(metrics, "dfd_decode_busy") == sample(metrics, "dfd_decode_queued") == 0
+    assert sample(metrics, "dfd_frames_sampled_total") == expected.sampled

@@ -121,3 +121,16 @@ def test_the_command_line_prints_no_secret_of_a_bad_setting(
     printed = capsys.readouterr()
     assert "group.id" in printed.err
     assert "s3cr3t" not in printed.err + printed.out
+
+
+def test_decode_pool_defaults_follow_the_cores_and_max_inflight() -> None:
+    settings = WorkerSettings(checkpoint=Path("m.pt"), max_inflight=4)
+    assert settings.decode_process_count() == os.cpu_count()
+    assert settings.decode_memory_bytes() == 4 * 128 << 20
+    explicit = WorkerSettings(
+        checkpoint=Path("m.pt"), decode_processes=0, decode_memory_mb=300, decode_max_side=960
+    )
+    assert explicit.decode_process_count() == 0
+    assert explicit.decode_memory_bytes() == 300 << 20
+    with pytest.raises(ValidationError):
+        WorkerSettings(checkpoint=Path("m.pt"), decode_processes=-1)
