@@ -270,6 +270,32 @@ PANELS: tuple[Panel, ...] = (
         "Mean items per dynamic batch against the stage's maximum. Low fill at low load is "
         "normal: a partial batch leaves after max_wait_ms.",
     ),
+    # The decode process pool (models/decode_pool.py).
+    Graph(
+        "Decode processes busy / decodes queued",
+        "short",
+        (
+            Query(gauge("dfd_decode_busy", aggregate=""), "busy {{instance}}"),
+            Query(gauge("dfd_decode_queued", aggregate=""), "queued {{instance}}"),
+        ),
+        "Videos being decoded now, and decodes waiting for a free decode process. Queued "
+        "decodes while every process is busy: the worker is decode-bound.",
+    ),
+    Graph(
+        "Decoded-frame memory vs budget",
+        "bytes",
+        (
+            Query(gauge("dfd_decode_memory_bytes", aggregate=""), "held {{instance}}"),
+            Query(gauge("dfd_decode_memory_limit_bytes", aggregate=""), "budget {{instance}}"),
+        ),
+        "Bytes of decoded frames reserved now against the per-worker budget (--decode-memory-mb).",
+    ),
+    Graph(
+        "Decode processes replaced/s by reason",
+        "ops",
+        (Query(rate("dfd_decode_restarts_total", ["reason"]), "{{reason}}"),),
+        "timeout: a child killed at its decode deadline; crash: a child that died.",
+    ),
     Table(
         "Loaded model",
         (
