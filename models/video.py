@@ -15,13 +15,15 @@ from typing import BinaryIO
 
 import av
 import av.container
+import av.video.stream
 import numpy as np
 
 from models.errors import DecodeFailed, NoFrames, NotAVideo, NotFound, PipelineError, TooLarge
+from models.keyframe_reader import KeyframeReader, keyframe_times
 from models.sampling import sample_indices
-from models.spec import DecodeLimits, SamplingSpec
+from models.spec import DecodeLimits, KeyframeSnap, SamplingSpec
 from models.video_budget import DecodeBudget
-from models.video_reader import FrameReader, probe_stream
+from models.video_reader import FrameReader, StreamInfo, probe_stream
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ def _decode(
     indices = sample_indices(info.frame_count, sampling)
     targets_s = [info.start_s + index / info.fps for index in indices]
 
-    reader = FrameReader(container, stream, info, budget, seekable=seekable)
+    reader = _reader(container, stream, info, budget, sampling.keyframes, seekable=seekable)
     frames: list[np.ndarray] = []
     times: list[float] = []
     for time_s, frame in reader.frames_at(targets_s):
@@ -169,6 +171,26 @@ def _decode(
         frames_decoded=budget.frames_decoded,
         packets_skipped=budget.packets_skipped,
     )
+
+
+def _reader(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    info: StreamInfo,
+    budget: DecodeBudget,
+    keyframes: KeyframeSnap | None,
+    *,
+    seekable: bool,
+) -> FrameReader:
+    """A `KeyframeReader` when the spec asks for keyframes and the container indexes every
+    frame; otherwise the plain `FrameReader` (every sample decoded in stream order)."""
+    if keyframes is not None and seekable:
+        keyframes_s = keyframe_times(container, stream, info)
+        if keyframes_s:
+            return KeyframeReader(
+                container, stream, info, budget, keyframes_s, keyframes.tolerance_s
+            )
+    return FrameReader(container, stream, info, budget, seekable=seekable)
 
 
 def to_display_rgb(frame: av.VideoFrame) -> np.ndarray:
