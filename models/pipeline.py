@@ -31,12 +31,13 @@ from torch import Tensor, nn
 
 from models.backbones import FrameEmbedder, build_backbone, weights_digest
 from models.checkpoint import load_checkpoint
+from models.decoders import FrameDecoder
 from models.ensemble import Ensemble
 from models.errors import NoFace
 from models.faces import FaceCropper, FaceCrops, FaceDetection
 from models.heads import pad_sequences
 from models.spec import DecodeLimits, PipelineSpec
-from models.video import DecodedVideo, Source, decode_frames
+from models.video import DecodedVideo, Source
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ class Detector:
         self.spec = spec
         self.device = torch.device(device)
         self.decode_limits = decode_limits or spec.decode
+        self.frame_decoder = FrameDecoder()
+        """Where `decode` runs: the CPU unless set (`models.decoders.build_frame_decoder`)."""
         self._cropper = FaceCropper(spec.face, spec.backbone.input_size, self.device)
         self._embedder = FrameEmbedder(
             spec.backbone, backbone, self.device, compile=compile_backbone
@@ -151,10 +154,13 @@ class Detector:
         return digest.hexdigest()
 
     def decode(self, source: Source, *, threads: int = 0) -> DecodedVideo:
-        """The sampled frames of one video (safe to call from several threads)."""
-        return decode_frames(source, self.spec.sampling, self.decode_limits, threads=threads)
+        """The sampled frames of one video, by `frame_decoder` (safe to call from several
+        threads)."""
+        return self.frame_decoder.decode(
+            source, self.spec.sampling, self.decode_limits, threads=threads
+        )
 
-    def detect_faces(self, frames: Sequence[np.ndarray]) -> list[FaceDetection]:
+    def detect_faces(self, frames: Sequence[np.ndarray | Tensor]) -> list[FaceDetection]:
         """The largest face of each frame, with the frame on the detector's device (frames of
         several videos may be pooled)."""
         return self._cropper.detect(frames)
@@ -166,7 +172,9 @@ class Detector:
         order), on the detector's device, around the face boxes smoothed over the video's track."""
         return self._cropper.crop_detected(detections, timestamps_s)
 
-    def crop_faces(self, frames: Sequence[np.ndarray], timestamps_s: Sequence[float]) -> FaceCrops:
+    def crop_faces(
+        self, frames: Sequence[np.ndarray | Tensor], timestamps_s: Sequence[float]
+    ) -> FaceCrops:
         """`detect_faces` and `cut_faces` for the frames of one video."""
         return self._cropper.crop(frames, timestamps_s)
 

@@ -11,7 +11,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import av
 import av.container
@@ -24,6 +24,9 @@ from models.sampling import sample_indices
 from models.spec import DecodeLimits, KeyframeSnap, SamplingSpec
 from models.video_budget import DecodeBudget
 from models.video_reader import FrameReader, StreamInfo, probe_stream
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,8 @@ concat lists) or read images and text are refused."""
 
 @dataclass(frozen=True)
 class DecodedVideo:
-    """The sampled frames of a video (display orientation, HxWx3 uint8 RGB) and its timing.
+    """The sampled frames of a video (display orientation, HxWx3 uint8 RGB: numpy arrays from the
+    CPU, CUDA tensors from NVDEC) and its timing.
 
     `timestamps_s` are the frames' display times from the stream start and `indices` their frame
     numbers (time x fps: nominal for variable-rate video). A frame missing from the file (corrupt,
@@ -53,7 +57,7 @@ class DecodedVideo:
     those of the returned (rotated) frames.
     """
 
-    frames: list[np.ndarray]
+    frames: list[np.ndarray] | list[torch.Tensor]
     indices: list[int]
     timestamps_s: list[float]
     fps: float

@@ -105,6 +105,12 @@ class WorkerSettings(BaseSettings):
     decode_threads: Annotated[int, Field(ge=0)] = Field(
         0, description="Codec threads per decoded video (0 = PyAV's default)."
     )
+    decoder: Literal["auto", "cpu", "nvdec"] = Field(
+        "auto",
+        description="Video decoder: nvdec (the GPU's NVDEC via PyNvVideoCodec, the nvdec extra; "
+        "videos it does not take are decoded on the CPU and counted), cpu (PyAV), or auto (nvdec "
+        "when the device is CUDA and PyNvVideoCodec imports, else cpu).",
+    )
 
     # Feature and prediction cache
     redis_url: str | None = Field(
