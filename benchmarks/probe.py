@@ -30,7 +30,7 @@ from benchmarks.measure import peak_rss_mib, rss_mib
 from models.backbones import build_backbone
 from models.checkpoint import load_checkpoint
 from models.ensemble import Ensemble
-from models.pipeline import Detector, VideoFeatures
+from models.pipeline import Detector
 from models.spec import ComputeDtype
 from models.video import DecodedVideo
 
@@ -92,29 +92,12 @@ def research_video(detector: Detector, video: Path, scratch: Path, threads: int)
     with av.open(str(video)) as container:
         fps = float(container.streams.video[0].average_rate or 1)
     timestamps_s = [index * EVERY_NTH / fps for index in range(len(frames))]
-    faces = detector.crop_faces(frames, timestamps_s)
-    kept = detector.keep(faces.has_face)
-    features = VideoFeatures(
-        features=detector.embed(faces.crops[kept]),
-        timestamps_s=[timestamps_s[index] for index in kept],
-        sampled=len(frames),
-        with_face=sum(faces.has_face),
-    )
-    detector.classify([features])
-    return len(frames)
+    return bare_video(detector, frames, timestamps_s)
 
 
 def bare_video(detector: Detector, frames: Sequence[np.ndarray], timestamps_s: list[float]) -> int:
-    """Face detector, backbone and heads on frames already in memory."""
-    faces = detector.crop_faces(frames, timestamps_s)
-    kept = detector.keep(faces.has_face)
-    features = VideoFeatures(
-        features=detector.embed(faces.crops[kept]),
-        timestamps_s=[timestamps_s[index] for index in kept],
-        sampled=len(frames),
-        with_face=sum(faces.has_face),
-    )
-    detector.classify([features])
+    """Face detector, backbone and heads on frames already in memory (the pipeline's stages)."""
+    detector.classify([detector.features(detector.faces(frames, timestamps_s))])
     return len(frames)
 
 
@@ -133,20 +116,14 @@ def bare_pooled(
         if following is not None and pooled + following <= max_batch_frames:
             continue
         found = detector.detect_faces([frame for v in group for frame in v.frames])
-        features, offset = [], 0
-        kept_crops, spans = [], []
+        faces, offset = [], 0
         for v in group:
-            faces = detector.cut_faces(found[offset : offset + len(v.frames)], v.timestamps_s)
-            kept = detector.keep(faces.has_face)
-            spans.append((v, faces.has_face, kept))
-            kept_crops.append(faces.crops[kept])
+            span = found[offset : offset + len(v.frames)]
+            faces.append(detector.faces_from(span, v.timestamps_s))
             offset += len(v.frames)
-        embedded = detector.embed(torch.cat(kept_crops)).split([len(k) for _, _, k in spans])
-        for (v, flags, kept), rows in zip(spans, embedded, strict=True):
-            features.append(
-                VideoFeatures(rows, [v.timestamps_s[i] for i in kept], len(v.frames), sum(flags))
-            )
-        detector.classify(features)
+        pooled = detector.embed(torch.cat([f.kept_crops for f in faces]))
+        rows = pooled.split([len(f.kept) for f in faces])
+        detector.classify([detector.features_from(f, r) for f, r in zip(faces, rows, strict=True)])
         finished = time.perf_counter() - started
         done.extend((len(v.frames), finished) for v in group)
         group = []

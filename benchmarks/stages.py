@@ -40,7 +40,8 @@ from benchmarks.measure import latency_summary, median_run, peak_rss_mib, ratio,
 from benchmarks.probe import load_detector as probe_detector
 from benchmarks.report import Report
 from benchmarks.traffic import requests_for
-from models.pipeline import Detector, VideoFeatures
+from models.pipeline import Detector
+from models.stages import VideoFaces
 from models.video import DecodedVideo
 from worker.app import build_cache, load_detector, processing_settings, source_policy, warm_up
 from worker.metrics import Metrics
@@ -108,16 +109,16 @@ def _decode_all(
         return list(pool.map(decode, videos))
 
 
-def _crops(detector: Detector, videos: Sequence[DecodedVideo], batch: int) -> torch.Tensor:
-    """Faces detected in batches of frames pooled from the videos, then cut per video."""
+def _faces(detector: Detector, videos: Sequence[DecodedVideo], batch: int) -> list[VideoFaces]:
+    """Faces detected in batches of frames pooled from the videos, then cut and kept per video."""
     frames = [frame for video in videos for frame in video.frames]
     found = [d for chunk in _chunks(frames, batch) for d in detector.detect_faces(chunk)]
-    crops, offset = [], 0
+    faces, offset = [], 0
     for video in videos:
         span = found[offset : offset + len(video.frames)]
-        crops.append(detector.cut_faces(span, video.timestamps_s).crops)
+        faces.append(detector.faces_from(span, video.timestamps_s))
         offset += len(video.frames)
-    return torch.cat(crops)
+    return faces
 
 
 def _embed(detector: Detector, crops: torch.Tensor, batch: int) -> torch.Tensor:
@@ -146,15 +147,16 @@ def _stage_results(
         )
     frames = sum(len(video.frames) for video in decoded)
     batch = settings.max_batch_frames
-    seconds, crops = _median_seconds(device, lambda: _crops(detector, decoded, batch), repeats)
+    seconds, faces = _median_seconds(device, lambda: _faces(detector, decoded, batch), repeats)
+    crops = torch.cat([video_faces.kept_crops for video_faces in faces])
     results["faces"] = _rate(frames, seconds)
     for name, variant in variants.items():
         seconds, _ = _median_seconds(device, lambda v=variant: _embed(v, crops, batch), repeats)
         results[f"embed_{name}"] = _rate(len(crops), seconds)
-    rows = _embed(detector, crops, batch).split([len(video.frames) for video in decoded])
+    rows = _embed(detector, crops, batch).split([len(video_faces.kept) for video_faces in faces])
     features = [
-        VideoFeatures(row, video.timestamps_s, len(video.frames), len(video.frames))
-        for row, video in zip(rows, decoded, strict=True)
+        detector.features_from(video_faces, row)
+        for video_faces, row in zip(faces, rows, strict=True)
     ]
     seconds, _ = _median_seconds(
         device,
