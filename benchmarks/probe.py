@@ -2,7 +2,7 @@
 
     python -m benchmarks.probe research --checkpoint C --threads T --scratch DIR --warmup V VIDEO...
     python -m benchmarks.probe bare --checkpoint C --threads T [--dtype D] [--pooled N] \
-        [--compile] --warmup V VIDEO...
+        [--compile] [--decode [--keyframes TOL]] --warmup V VIDEO...
     python -m benchmarks.probe predict --checkpoint C --threads T VIDEO
 
 Each prints one JSON line: per-video latencies (s), frames, elapsed time and RSS figures.
@@ -31,7 +31,7 @@ from models.backbones import build_backbone
 from models.checkpoint import load_checkpoint
 from models.ensemble import Ensemble
 from models.pipeline import Detector
-from models.spec import ComputeDtype
+from models.spec import ComputeDtype, KeyframeSnap
 from models.video import DecodedVideo
 
 
@@ -148,6 +148,8 @@ def run_research(args: argparse.Namespace) -> dict[str, Any]:
 def run_bare(args: argparse.Namespace) -> dict[str, Any]:
     detector = load_detector(args.checkpoint, args.dtype, compile_backbone=args.compile)
     loaded_rss = rss_mib()
+    if args.decode:
+        return run_decode_and_compute(detector, args, loaded_rss)
     decoded = [detector.decode(video) for video in [args.warmup, *args.videos]]
     bare_video(detector, decoded[0].frames, decoded[0].timestamps_s)
     tags = {"dtype": detector.spec.backbone.dtype, "compiled": args.compile}
@@ -165,6 +167,37 @@ def run_bare(args: argparse.Namespace) -> dict[str, Any]:
         latencies.append(time.perf_counter() - begun)
     elapsed, cpu_s = time.perf_counter() - started, _cpu_time() - cpu_started
     return _result(latencies, frames, elapsed, loaded_rss) | tags | {"cpu_s": cpu_s}
+
+
+def run_decode_and_compute(
+    detector: Detector, args: argparse.Namespace, loaded_rss: float | None
+) -> dict[str, Any]:
+    """Decode and compute one video after the other in this process (decode timed too), with
+    the checkpoint's sampling or, with `--keyframes`, that sampling snapped to keyframes."""
+    if args.keyframes is not None:
+        snap = KeyframeSnap(tolerance_s=args.keyframes)
+        sampling = detector.spec.sampling.model_copy(update={"keyframes": snap})
+        detector.spec = detector.spec.model_copy(update={"sampling": sampling})
+    warm = detector.decode(args.warmup)
+    bare_video(detector, warm.frames, warm.timestamps_s)
+    latencies, frames, decoded = [], 0, 0
+    started, cpu_started = time.perf_counter(), _cpu_time()
+    for path in args.videos:
+        begun = time.perf_counter()
+        video = detector.decode(path)
+        decoded += video.frames_decoded
+        frames += bare_video(detector, video.frames, video.timestamps_s)
+        latencies.append(time.perf_counter() - begun)
+    elapsed, cpu_s = time.perf_counter() - started, _cpu_time() - cpu_started
+    tags = {"dtype": detector.spec.backbone.dtype, "compiled": args.compile}
+    return (
+        _result(latencies, frames, elapsed, loaded_rss)
+        | tags
+        | {
+            "cpu_s": cpu_s,
+            "frames_decoded": decoded,
+        }
+    )
 
 
 def run_predict(args: argparse.Namespace) -> dict[str, Any]:
@@ -220,6 +253,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             command.add_argument(
                 "--compile", action="store_true", help="torch.compile the backbone, as the worker"
+            )
+            command.add_argument(
+                "--decode", action="store_true", help="decode each video in the timed loop"
+            )
+            command.add_argument(
+                "--keyframes",
+                type=float,
+                default=None,
+                help="with --decode: snap sample times to keyframes within this many seconds",
             )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
