@@ -1,4 +1,6 @@
-"""`python -m benchmarks NAME [--size smoke|full] [--json OUT]`: measured comparisons.
+"""`python -m benchmarks NAME [--size smoke|full] [--resolution 160|720p|1080p] [--gop 1s|2s|250]
+[--json OUT]`: measured comparisons (`--resolution` and `--gop` shape the clips of `stages` and
+`pipeline`).
 
 Each benchmark prints a table and writes its report as JSON; the exit status is 1 when a
 correctness check of a benchmark fails (the drills' zero-lost rule), 2 for usage errors.
@@ -9,6 +11,7 @@ without them a private local stack is started (the drills always start their own
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -18,6 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.assets import GOPS, RESOLUTIONS
 from benchmarks.context import Context
 from benchmarks.report import Report, render
 
@@ -42,6 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="cpu", help="torch device of the benchmarks that take one (stages)"
     )
+    parser.add_argument(
+        "--resolution",
+        choices=list(RESOLUTIONS),
+        default="160",
+        help="clip size of stages and pipeline: 160 (the synth's 160x160), 720p, 1080p",
+    )
+    parser.add_argument(
+        "--gop",
+        choices=GOPS,
+        default=None,
+        help="clips encoded as uploads (x264 defaults, B-frames) with a keyframe every 1 s, 2 s "
+        "or 250 frames (default at 720p/1080p: 250)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -51,11 +68,7 @@ def run_benchmark(name: str, context: Context) -> Report:
     module = importlib.import_module(BENCHMARKS[name])
     workdir = context.workdir / name
     workdir.mkdir(parents=True, exist_ok=True)
-    return module.run(
-        Context(
-            context.size, context.root, workdir, context.kafka, context.redis_url, context.device
-        )
-    )
+    return module.run(dataclasses.replace(context, workdir=workdir))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +78,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as temporary:
         root = (args.workdir or Path(temporary)).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        context = Context(args.size, root, root, args.kafka, args.redis, args.device)
+        context = Context(
+            args.size,
+            root,
+            root,
+            args.kafka,
+            args.redis,
+            args.device,
+            resolution=args.resolution,
+            gop=args.gop,
+        )
         reports = []
         for name in names:
             report = run_benchmark(name, context)

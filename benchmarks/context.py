@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from benchmarks.assets import representative_spec, smoke_spec, write_checkpoint
+from benchmarks.assets import representative_spec, smoke_spec, synth_videos, write_checkpoint
 from benchmarks.machine import bf16_supported, machine_info
 from benchmarks.report import Report
 from deploy.local.worker_process import REPO
@@ -30,6 +30,8 @@ class Context:
     kafka: str | None = None
     redis_url: str | None = None
     device: str = "cpu"  # torch device of the benchmarks that take one (`stages`)
+    resolution: str = "160"  # clip size of `stages` and `pipeline` (benchmarks.assets)
+    gop: str | None = None  # their keyframe interval (None: the synth's own 160 px clips)
 
     @property
     def dtype(self) -> ComputeDtype:
@@ -44,8 +46,26 @@ class Context:
             write_checkpoint(path, spec(self.dtype))
         return path
 
+    def videos(self, count: int, *, frames: int, fps: float, seed: int) -> list[Path]:
+        """`count` clips of this context's resolution and GOP under `workdir/videos`."""
+        return synth_videos(
+            self.workdir / "videos",
+            count,
+            frames=frames,
+            fps=fps,
+            seed=seed,
+            resolution=self.resolution,
+            gop=self.gop,
+        )
+
     def report(self, name: str, **config: Any) -> Report:
-        return Report(name=name, size=self.size, machine=machine_info(self.device), config=config)
+        clips = {"resolution": self.resolution, "gop": self.gop}
+        return Report(
+            name=name,
+            size=self.size,
+            machine=machine_info(self.device),
+            config=clips | config,
+        )
 
 
 def run_probe(*args: str | Path) -> dict[str, Any]:

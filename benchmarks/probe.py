@@ -2,7 +2,7 @@
 
     python -m benchmarks.probe research --checkpoint C --threads T --scratch DIR --warmup V VIDEO...
     python -m benchmarks.probe bare --checkpoint C --threads T [--dtype D] [--pooled N] \
-        [--compile] --warmup V VIDEO...
+        [--compile] [--decode [--keyframes TOL]] --warmup V VIDEO...
     python -m benchmarks.probe predict --checkpoint C --threads T VIDEO
 
 Each prints one JSON line: per-video latencies (s), frames, elapsed time and RSS figures.
@@ -30,8 +30,8 @@ from benchmarks.measure import peak_rss_mib, rss_mib
 from models.backbones import build_backbone
 from models.checkpoint import load_checkpoint
 from models.ensemble import Ensemble
-from models.pipeline import Detector, VideoFeatures
-from models.spec import ComputeDtype
+from models.pipeline import Detector
+from models.spec import ComputeDtype, KeyframeSnap
 from models.video import DecodedVideo
 
 
@@ -92,29 +92,12 @@ def research_video(detector: Detector, video: Path, scratch: Path, threads: int)
     with av.open(str(video)) as container:
         fps = float(container.streams.video[0].average_rate or 1)
     timestamps_s = [index * EVERY_NTH / fps for index in range(len(frames))]
-    faces = detector.crop_faces(frames, timestamps_s)
-    kept = detector.keep(faces.has_face)
-    features = VideoFeatures(
-        features=detector.embed(faces.crops[kept]),
-        timestamps_s=[timestamps_s[index] for index in kept],
-        sampled=len(frames),
-        with_face=sum(faces.has_face),
-    )
-    detector.classify([features])
-    return len(frames)
+    return bare_video(detector, frames, timestamps_s)
 
 
 def bare_video(detector: Detector, frames: Sequence[np.ndarray], timestamps_s: list[float]) -> int:
-    """Face detector, backbone and heads on frames already in memory."""
-    faces = detector.crop_faces(frames, timestamps_s)
-    kept = detector.keep(faces.has_face)
-    features = VideoFeatures(
-        features=detector.embed(faces.crops[kept]),
-        timestamps_s=[timestamps_s[index] for index in kept],
-        sampled=len(frames),
-        with_face=sum(faces.has_face),
-    )
-    detector.classify([features])
+    """Face detector, backbone and heads on frames already in memory (the pipeline's stages)."""
+    detector.classify([detector.features(detector.faces(frames, timestamps_s))])
     return len(frames)
 
 
@@ -133,20 +116,14 @@ def bare_pooled(
         if following is not None and pooled + following <= max_batch_frames:
             continue
         found = detector.detect_faces([frame for v in group for frame in v.frames])
-        features, offset = [], 0
-        kept_crops, spans = [], []
+        faces, offset = [], 0
         for v in group:
-            faces = detector.cut_faces(found[offset : offset + len(v.frames)], v.timestamps_s)
-            kept = detector.keep(faces.has_face)
-            spans.append((v, faces.has_face, kept))
-            kept_crops.append(faces.crops[kept])
+            span = found[offset : offset + len(v.frames)]
+            faces.append(detector.faces_from(span, v.timestamps_s))
             offset += len(v.frames)
-        embedded = detector.embed(torch.cat(kept_crops)).split([len(k) for _, _, k in spans])
-        for (v, flags, kept), rows in zip(spans, embedded, strict=True):
-            features.append(
-                VideoFeatures(rows, [v.timestamps_s[i] for i in kept], len(v.frames), sum(flags))
-            )
-        detector.classify(features)
+        pooled = detector.embed(torch.cat([f.kept_crops for f in faces]))
+        rows = pooled.split([len(f.kept) for f in faces])
+        detector.classify([detector.features_from(f, r) for f, r in zip(faces, rows, strict=True)])
         finished = time.perf_counter() - started
         done.extend((len(v.frames), finished) for v in group)
         group = []
@@ -171,6 +148,8 @@ def run_research(args: argparse.Namespace) -> dict[str, Any]:
 def run_bare(args: argparse.Namespace) -> dict[str, Any]:
     detector = load_detector(args.checkpoint, args.dtype, compile_backbone=args.compile)
     loaded_rss = rss_mib()
+    if args.decode:
+        return run_decode_and_compute(detector, args, loaded_rss)
     decoded = [detector.decode(video) for video in [args.warmup, *args.videos]]
     bare_video(detector, decoded[0].frames, decoded[0].timestamps_s)
     tags = {"dtype": detector.spec.backbone.dtype, "compiled": args.compile}
@@ -188,6 +167,37 @@ def run_bare(args: argparse.Namespace) -> dict[str, Any]:
         latencies.append(time.perf_counter() - begun)
     elapsed, cpu_s = time.perf_counter() - started, _cpu_time() - cpu_started
     return _result(latencies, frames, elapsed, loaded_rss) | tags | {"cpu_s": cpu_s}
+
+
+def run_decode_and_compute(
+    detector: Detector, args: argparse.Namespace, loaded_rss: float | None
+) -> dict[str, Any]:
+    """Decode and compute one video after the other in this process (decode timed too), with
+    the checkpoint's sampling or, with `--keyframes`, that sampling snapped to keyframes."""
+    if args.keyframes is not None:
+        snap = KeyframeSnap(tolerance_s=args.keyframes)
+        sampling = detector.spec.sampling.model_copy(update={"keyframes": snap})
+        detector.spec = detector.spec.model_copy(update={"sampling": sampling})
+    warm = detector.decode(args.warmup)
+    bare_video(detector, warm.frames, warm.timestamps_s)
+    latencies, frames, decoded = [], 0, 0
+    started, cpu_started = time.perf_counter(), _cpu_time()
+    for path in args.videos:
+        begun = time.perf_counter()
+        video = detector.decode(path)
+        decoded += video.frames_decoded
+        frames += bare_video(detector, video.frames, video.timestamps_s)
+        latencies.append(time.perf_counter() - begun)
+    elapsed, cpu_s = time.perf_counter() - started, _cpu_time() - cpu_started
+    tags = {"dtype": detector.spec.backbone.dtype, "compiled": args.compile}
+    return (
+        _result(latencies, frames, elapsed, loaded_rss)
+        | tags
+        | {
+            "cpu_s": cpu_s,
+            "frames_decoded": decoded,
+        }
+    )
 
 
 def run_predict(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,6 +253,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             command.add_argument(
                 "--compile", action="store_true", help="torch.compile the backbone, as the worker"
+            )
+            command.add_argument(
+                "--decode", action="store_true", help="decode each video in the timed loop"
+            )
+            command.add_argument(
+                "--keyframes",
+                type=float,
+                default=None,
+                help="with --decode: snap sample times to keyframes within this many seconds",
             )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -3,9 +3,11 @@ the worker's processing path comes to its slowest stage.
 
 Each stage runs alone on the same videos, after a warm-up, `repeats` times (the median counts);
 CUDA work is synchronised before a clock stops:
-- decode: PyAV decoding and sampling (`Detector.decode`), one video per thread, at the worker's
-  settings (`decode_workers` videos at once, `decode_threads` codec threads each; arm `WxT`) and
-  with one video per core, one codec thread each;
+- decode: decoding and sampling (the detector's decoder: PyAV, or NVDEC on CUDA with
+  PyNvVideoCodec installed), one video per thread, at the worker's settings (`decode_workers`
+  videos at once, `decode_threads` codec threads each; arm `WxT`), with one video per core, one
+  codec thread each, and at the worker's settings with the samples snapped to keyframes
+  (`WxT_keyframes`, `SamplingSpec.keyframes` with its default tolerance);
 - faces: MTCNN face crops of the sampled frames, pooled up to `max_batch_frames`;
 - embed: the backbone on those crops, in batches of `max_batch_frames`: as the worker runs it
   (compiled at `--size full`, in the checkpoint's dtype), eager in that dtype, eager in float32;
@@ -14,6 +16,12 @@ Then `worker`: the worker's own processing path (`load_detector`, `warm_up`, `Vi
 its decode slots, dynamic batchers and in-process cache; every request a miss), all requests in
 flight at once up to `max_inflight`, with the same two decode settings. No broker: `pipeline`
 measures the Kafka path end to end.
+
+Each decode and worker arm also reports the share of the machine's decode ceiling it reaches
+(`benchmarks.ceiling`: every core decoding the same clips, plus NVDEC where present, measured in
+the same run): decoded frames/s for decode arms, videos/s x frames per clip for worker arms.
+`--resolution` and `--gop` choose the clips; `--device cuda` with `DFD_DECODER`-style selection
+(`auto`) decodes the worker arms on NVDEC where PyNvVideoCodec is installed.
 
 The worker overlaps its stages (decode threads, the face and backbone batcher threads), so its
 bound is the slowest stage's frames/s; run one after another, the stages would give the harmonic
@@ -33,14 +41,16 @@ from typing import Any, TypeVar
 
 import torch
 
-from benchmarks.assets import synth_videos
+from benchmarks.ceiling import ceiling_fraction, decode_ceiling
 from benchmarks.context import Context
 from benchmarks.e2e import verdict_figures
 from benchmarks.measure import latency_summary, median_run, peak_rss_mib, ratio, throughput
 from benchmarks.probe import load_detector as probe_detector
 from benchmarks.report import Report
 from benchmarks.traffic import requests_for
-from models.pipeline import Detector, VideoFeatures
+from models.pipeline import Detector
+from models.spec import KeyframeSnap, SamplingSpec
+from models.stages import VideoFaces
 from models.video import DecodedVideo
 from worker.app import build_cache, load_detector, processing_settings, source_policy, warm_up
 from worker.metrics import Metrics
@@ -99,25 +109,33 @@ def _decode_configs(settings: WorkerSettings) -> dict[str, WorkerSettings]:
 
 
 def _decode_all(
-    detector: Detector, videos: Sequence[Path], settings: WorkerSettings
+    detector: Detector,
+    videos: Sequence[Path],
+    settings: WorkerSettings,
+    sampling: SamplingSpec | None = None,
 ) -> list[DecodedVideo]:
+    """The videos decoded by the detector's decoder, with its spec's sampling or `sampling`."""
+    chosen = sampling or detector.spec.sampling
+
     def decode(video: Path) -> DecodedVideo:
-        return detector.decode(video, threads=settings.decode_threads)
+        return detector.frame_decoder.decode(
+            video, chosen, detector.decode_limits, threads=settings.decode_threads
+        )
 
     with ThreadPoolExecutor(settings.decode_workers) as pool:
         return list(pool.map(decode, videos))
 
 
-def _crops(detector: Detector, videos: Sequence[DecodedVideo], batch: int) -> torch.Tensor:
-    """Faces detected in batches of frames pooled from the videos, then cut per video."""
+def _faces(detector: Detector, videos: Sequence[DecodedVideo], batch: int) -> list[VideoFaces]:
+    """Faces detected in batches of frames pooled from the videos, then cut and kept per video."""
     frames = [frame for video in videos for frame in video.frames]
     found = [d for chunk in _chunks(frames, batch) for d in detector.detect_faces(chunk)]
-    crops, offset = [], 0
+    faces, offset = [], 0
     for video in videos:
         span = found[offset : offset + len(video.frames)]
-        crops.append(detector.cut_faces(span, video.timestamps_s).crops)
+        faces.append(detector.faces_from(span, video.timestamps_s))
         offset += len(video.frames)
-    return torch.cat(crops)
+    return faces
 
 
 def _embed(detector: Detector, crops: torch.Tensor, batch: int) -> torch.Tensor:
@@ -144,17 +162,29 @@ def _stage_results(
             videos=len(videos),
             decoded_frames_per_s=round(sum(v.frames_decoded for v in decoded) / seconds),
         )
+    default = next(iter(_decode_configs(settings)))
+    snapped = detector.spec.sampling.model_copy(update={"keyframes": KeyframeSnap()})
+    seconds, keyframed = _median_seconds(
+        device, lambda: _decode_all(detector, videos, settings, snapped), repeats
+    )
+    results[f"decode_{default}_keyframes"] = _rate(
+        sum(len(video.frames) for video in keyframed),
+        seconds,
+        videos=len(videos),
+        decoded_frames_per_s=round(sum(v.frames_decoded for v in keyframed) / seconds),
+    )
     frames = sum(len(video.frames) for video in decoded)
     batch = settings.max_batch_frames
-    seconds, crops = _median_seconds(device, lambda: _crops(detector, decoded, batch), repeats)
+    seconds, faces = _median_seconds(device, lambda: _faces(detector, decoded, batch), repeats)
+    crops = torch.cat([video_faces.kept_crops for video_faces in faces])
     results["faces"] = _rate(frames, seconds)
     for name, variant in variants.items():
         seconds, _ = _median_seconds(device, lambda v=variant: _embed(v, crops, batch), repeats)
         results[f"embed_{name}"] = _rate(len(crops), seconds)
-    rows = _embed(detector, crops, batch).split([len(video.frames) for video in decoded])
+    rows = _embed(detector, crops, batch).split([len(video_faces.kept) for video_faces in faces])
     features = [
-        VideoFeatures(row, video.timestamps_s, len(video.frames), len(video.frames))
-        for row, video in zip(rows, decoded, strict=True)
+        detector.features_from(video_faces, row)
+        for video_faces, row in zip(faces, rows, strict=True)
     ]
     seconds, _ = _median_seconds(
         device,
@@ -220,8 +250,7 @@ def run(ctx: Context) -> Report:
     compiled = ctx.size == "full"
     report = ctx.report("stages", **size, device=ctx.device, dtype=ctx.dtype, compiled=compiled)
     checkpoint = ctx.checkpoint()
-    videos = synth_videos(
-        ctx.workdir / "videos",
+    videos = ctx.videos(
         size["videos"],
         frames=size["frames"],
         fps=size["fps"],
@@ -237,6 +266,7 @@ def run(ctx: Context) -> Report:
     )
     detector = load_detector(settings)
     report.config["warm_up_s"] = round(warm_up(detector), 2)
+    report.config["decoder"] = detector.frame_decoder.kind
     report.config["worker_settings"] = settings.model_dump(
         include={"max_batch_frames", "max_wait_ms", "classify_batch", "max_inflight"}
     )
@@ -250,6 +280,17 @@ def run(ctx: Context) -> Report:
     stages = _stage_results(detector, variants, settings, videos, size["repeats"])
     report.results |= stages
     report.results |= _worker_results(detector, settings, videos, size["repeats"])
+    ceiling = decode_ceiling(videos)
+    report.config["decode_ceiling"] = ceiling
+    for name, figures in report.results.items():
+        if name.startswith("decode_"):
+            figures["decode_ceiling_fraction"] = ceiling_fraction(
+                figures["decoded_frames_per_s"], ceiling
+            )
+        elif name.startswith("worker_"):
+            video_frames_per_s = figures["videos_per_s"] * size["frames"]
+            figures["video_frames_per_s"] = round(video_frames_per_s, 1)
+            figures["decode_ceiling_fraction"] = ceiling_fraction(video_frames_per_s, ceiling)
     report.config["peak_rss_mib"] = peak_rss_mib()
     if detector.device.type == "cuda":
         report.config["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
@@ -266,7 +307,11 @@ def run(ctx: Context) -> Report:
     serial = 1 / sum(1 / rate for rate in rates.values())
     worker = report.results[f"worker_{default}"]["frames_per_s"]
     report.config["limiting_stage"] = limiting
+    keyframes = stages[f"decode_{default}_keyframes"]
     report.ratios = {
+        "decode keyframes / full (videos/s)": ratio(
+            stages[f"decode_{default}"]["elapsed_s"], keyframes["elapsed_s"]
+        ),
         "worker / slowest stage (frames/s)": ratio(worker, rates[limiting]),
         "worker / serial bound (frames/s)": ratio(worker, serial),
         f"embed {worker_arm} / eager float32": ratio(

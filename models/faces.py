@@ -156,7 +156,9 @@ class FaceCropper:
         self.device = torch.device(device)
         self._nets = _load_mtcnn(self.device) if face.detector == "mtcnn" else None
 
-    def crop(self, frames: Sequence[np.ndarray], timestamps_s: Sequence[float]) -> FaceCrops:
+    def crop(
+        self, frames: Sequence[np.ndarray | torch.Tensor], timestamps_s: Sequence[float]
+    ) -> FaceCrops:
         """One crop per frame of one video (frames in display order, at `timestamps_s`)."""
         return self.crop_detected(self.detect(frames), timestamps_s)
 
@@ -166,18 +168,19 @@ class FaceCropper:
         """The crops of one video's detections (in display order): `track`, then `cut`."""
         return self.cut(detections, self.track([d.box for d in detections], timestamps_s))
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[FaceDetection]:
+    def detect(self, frames: Sequence[np.ndarray | torch.Tensor]) -> list[FaceDetection]:
         """The largest face of each ``H x W x 3`` uint8 RGB frame (None where none is found; the
         whole frame for detector "none"). Frames may differ in size and come from several videos:
-        one upload and one batched detection per frame size."""
+        one upload and one batched detection per frame size. Frames may also be tensors (NVDEC's
+        frames on the GPU: no upload)."""
         detections: list[FaceDetection | None] = [None] * len(frames)
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, frame in enumerate(frames):
             _check_frame(frame, index)
-            by_size[frame.shape[:2]].append(index)
+            by_size[tuple(frame.shape[:2])].append(index)
         for indices in by_size.values():
-            stacked = np.stack([frames[i] for i in indices])
-            batch = to_device(torch.from_numpy(stacked), self.device).permute(0, 3, 1, 2)
+            batch = to_device(_stacked([frames[i] for i in indices]), self.device)
+            batch = batch.permute(0, 3, 1, 2)
             found = self._find_faces(batch)
             for index, frame, box in zip(indices, batch, found, strict=True):
                 detections[index] = FaceDetection(box, frame)
@@ -246,8 +249,17 @@ def _largest_box(
     )
 
 
-def _check_frame(frame: np.ndarray, index: int) -> None:
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+def _stacked(frames: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    """``[B, H, W, 3]`` of frames of one size (numpy arrays or tensors, on their device)."""
+    if all(isinstance(frame, torch.Tensor) for frame in frames):
+        return torch.stack(list(frames))  # type: ignore[arg-type]
+    host = [f.cpu().numpy() if isinstance(f, torch.Tensor) else f for f in frames]
+    return torch.from_numpy(np.stack(host))
+
+
+def _check_frame(frame: np.ndarray | torch.Tensor, index: int) -> None:
+    uint8 = frame.dtype == (torch.uint8 if isinstance(frame, torch.Tensor) else np.uint8)
+    if not uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(
             f"frame {index}: expected an HxWx3 uint8 RGB array, got {frame.dtype} {frame.shape}"
         )

@@ -1,14 +1,12 @@
-"""The inference pipeline of one checkpoint, in stages the worker can batch across videos.
+"""The inference pipeline of one checkpoint: the feature stages (`models.stages`, in their one
+order) and the classifier, in stages the worker can batch across videos.
 
-    decode (per video, threads) -> detect_faces (frames pooled from several videos)
-      -> cut_faces (per video: face track, square crops) -> embed (crops pooled from several
-      videos) -> assemble (per video, face policy) -> classify (a padded, masked batch of videos)
+    decode (per video) -> detect_faces (frames pooled) -> faces_from (per video: track, cut, keep)
+      -> embed (crops pooled) -> features_from (per video) -> classify (a batch of videos)
 
 `predict_file` runs exactly these stages for one video, so it gives the same numbers as the
 worker's staged path for the same inputs. (Pooling frames of several videos into one backbone
 batch may change results in the last float bits, as any change of batch composition can.)
-
-`crop_faces` is `detect_faces` and `cut_faces` for one video.
 
 Thread-safety: `decode` may run concurrently from many threads. The other stages only read the
 modules (eval mode, inference mode) and may also be called concurrently, though one thread per
@@ -29,26 +27,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.backbones import FrameEmbedder, build_backbone, weights_digest
+from models.backbones import build_backbone, weights_digest
 from models.checkpoint import load_checkpoint
+from models.decoders import FrameDecoder
 from models.ensemble import Ensemble
-from models.errors import NoFace
-from models.faces import FaceCropper, FaceCrops, FaceDetection
+from models.faces import FaceCrops, FaceDetection
 from models.heads import pad_sequences
 from models.spec import DecodeLimits, PipelineSpec
-from models.video import DecodedVideo, Source, decode_frames
+from models.stages import FeatureStages, VideoFeatures, kept_frames
+from models.video import DecodedVideo, Source
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VideoFeatures:
-    """The classifier's input for one video: features of the frames kept by the face policy."""
-
-    features: Tensor  # [T, D] float32 on CPU
-    timestamps_s: list[float]  # one per kept frame
-    sampled: int  # frames decoded from the sample
-    with_face: int  # of which had a face
 
 
 @dataclass(frozen=True)
@@ -65,17 +54,7 @@ class Prediction:
     with_face: int
 
 
-def kept_frames(has_face: Sequence[bool], no_face: Literal["drop", "full_frame"]) -> list[int]:
-    """Indices of the frames the face policy keeps; `NoFace` when "drop" leaves none."""
-    if no_face == "full_frame":
-        return list(range(len(has_face)))
-    kept = [i for i, found in enumerate(has_face) if found]
-    if not kept:
-        raise NoFace(f"no face found in any of the {len(has_face)} sampled frames")
-    return kept
-
-
-class Detector:
+class Detector(FeatureStages):
     """A checkpoint's whole pipeline: video -> frames -> face crops -> features -> verdict.
 
     Takes ownership of `backbone` and `ensemble`: they are moved to `device` and set to eval mode.
@@ -98,13 +77,14 @@ class Detector:
                 f"ensemble temperature {ensemble.temperature} differs from the spec's "
                 f"{spec.temperature}"
             )
+        super().__init__(
+            spec.face, spec.backbone, backbone, device, compile_backbone=compile_backbone
+        )
         self.spec = spec
         self.device = torch.device(device)
         self.decode_limits = decode_limits or spec.decode
-        self._cropper = FaceCropper(spec.face, spec.backbone.input_size, self.device)
-        self._embedder = FrameEmbedder(
-            spec.backbone, backbone, self.device, compile=compile_backbone
-        )
+        self.frame_decoder = FrameDecoder()
+        """Where `decode` runs: the CPU unless set (`models.decoders.build_frame_decoder`)."""
         self._ensemble = ensemble.to(self.device).eval()
 
     @classmethod
@@ -145,34 +125,30 @@ class Detector:
         tensors are hashed too when the spec does not name them by `weights_sha256`.
         """
         digest = hashlib.sha256(self.spec.model_dump_json().encode())
-        backbone = self.spec.backbone.weights_sha256 or weights_digest(self._embedder.module)
+        backbone = self.spec.backbone.weights_sha256 or weights_digest(self.embedder.module)
         digest.update(backbone.encode())
         digest.update(weights_digest(self._ensemble).encode())
         return digest.hexdigest()
 
     def decode(self, source: Source, *, threads: int = 0) -> DecodedVideo:
-        """The sampled frames of one video (safe to call from several threads)."""
-        return decode_frames(source, self.spec.sampling, self.decode_limits, threads=threads)
+        """The sampled frames of one video, by `frame_decoder` (safe to call from several
+        threads)."""
+        return self.frame_decoder.decode(
+            source, self.spec.sampling, self.decode_limits, threads=threads
+        )
 
-    def detect_faces(self, frames: Sequence[np.ndarray]) -> list[FaceDetection]:
-        """The largest face of each frame, with the frame on the detector's device (frames of
-        several videos may be pooled)."""
-        return self._cropper.detect(frames)
+    def crop_faces(
+        self, frames: Sequence[np.ndarray | Tensor], timestamps_s: Sequence[float]
+    ) -> FaceCrops:
+        """One crop per frame of one video, face policy not applied (`faces` applies it)."""
+        return self.cropper.crop(frames, timestamps_s)
 
     def cut_faces(
         self, detections: Sequence[FaceDetection], timestamps_s: Sequence[float]
     ) -> FaceCrops:
-        """One `input_size` square crop per frame of one video (its `detect_faces` results, in
-        order), on the detector's device, around the face boxes smoothed over the video's track."""
-        return self._cropper.crop_detected(detections, timestamps_s)
-
-    def crop_faces(self, frames: Sequence[np.ndarray], timestamps_s: Sequence[float]) -> FaceCrops:
-        """`detect_faces` and `cut_faces` for the frames of one video."""
-        return self._cropper.crop(frames, timestamps_s)
-
-    def embed(self, crops: Tensor) -> Tensor:
-        """`[N, 3, S, S]` uint8 crops -> `[N, D]` float32 features on CPU."""
-        return self._embedder.embed(crops)
+        """One crop per frame of one video (its `detect_faces` results, in order), face policy
+        not applied (`faces_from` applies it)."""
+        return self.cropper.crop_detected(detections, timestamps_s)
 
     def keep(self, has_face: Sequence[bool]) -> list[int]:
         """Indices of a video's frames the face policy keeps (embed only those crops)."""
@@ -182,27 +158,12 @@ class Detector:
         self, video: DecodedVideo, has_face: Sequence[bool], embeddings: Tensor
     ) -> VideoFeatures:
         """One video's features from the embeddings of its kept frames (see `keep`), in order."""
-        if len(has_face) != len(video.frames):
-            raise ValueError(f"{len(has_face)} face flags for {len(video.frames)} frames")
-        kept = self.keep(has_face)
-        if embeddings.shape != (len(kept), self.spec.feature_dim):
-            raise ValueError(
-                f"expected embeddings of shape {(len(kept), self.spec.feature_dim)} for the kept "
-                f"frames, got {tuple(embeddings.shape)}"
-            )
-        return VideoFeatures(
-            features=embeddings.to("cpu", torch.float32),
-            timestamps_s=[video.timestamps_s[i] for i in kept],
-            sampled=len(video.frames),
-            with_face=sum(has_face),
-        )
+        return self.assembled(has_face, video.timestamps_s, embeddings)
 
     def extract(self, source: Source, *, threads: int = 0) -> VideoFeatures:
         """All feature stages for one video (what training caches and the worker computes)."""
         video = self.decode(source, threads=threads)
-        faces = self.crop_faces(video.frames, video.timestamps_s)
-        kept = self.keep(faces.has_face)
-        return self.assemble(video, faces.has_face, self.embed(faces.crops[kept]))
+        return self.features(self.faces(video.frames, video.timestamps_s))
 
     def classify(self, batch: Sequence[VideoFeatures]) -> list[Prediction]:
         """Verdicts for several videos, run as one padded, masked batch."""
@@ -235,7 +196,7 @@ class Detector:
         first request's latency."""
         size = self.spec.backbone.input_size
         self.detect_faces([np.zeros((size, size, 3), dtype=np.uint8)])
-        self._embedder.warm_up()
+        self.embedder.warm_up()
         features = torch.zeros((1, self.spec.feature_dim), dtype=torch.float32)
         self.classify([VideoFeatures(features, [0.0], sampled=1, with_face=0)])
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from models.spec import SamplingSpec
 
@@ -39,3 +42,35 @@ def estimate_frame_count(duration_s: float, fps: float) -> int:
 def sample_times(duration_s: float, spec: SamplingSpec, fps: float) -> list[float]:
     """Sampled presentation times (seconds from the start) when only duration and rate are known."""
     return [index / fps for index in sample_indices(estimate_frame_count(duration_s, fps), spec)]
+
+
+@dataclass(frozen=True)
+class SampleTime:
+    """A time to sample (seconds, stream time) and whether a keyframe is shown exactly then."""
+
+    time_s: float
+    on_keyframe: bool
+
+
+def snap_to_keyframes(
+    targets_s: Sequence[float], keyframes_s: Sequence[float], tolerance_s: float
+) -> list[SampleTime]:
+    """Each sorted target moved to the nearest keyframe (sorted `keyframes_s`) at most
+    `tolerance_s` away (the earlier one on a tie), else kept; sorted, without repeats (targets
+    that snap to the same keyframe become one sample)."""
+    plan: list[SampleTime] = []
+    for target_s in targets_s:
+        keyframe_s = _nearest(keyframes_s, target_s)
+        if keyframe_s is not None and abs(keyframe_s - target_s) <= tolerance_s:
+            sample = SampleTime(keyframe_s, on_keyframe=True)
+        else:
+            sample = SampleTime(target_s, on_keyframe=False)
+        if not plan or sample.time_s > plan[-1].time_s:
+            plan.append(sample)
+    return plan
+
+
+def _nearest(sorted_values: Sequence[float], value: float) -> float | None:
+    position = bisect.bisect_left(sorted_values, value)
+    around = sorted_values[max(0, position - 1) : position + 1]
+    return min(around, key=lambda candidate: abs(candidate - value), default=None)

@@ -11,7 +11,14 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 FEATURE_FORMAT = 1
 
@@ -34,13 +41,38 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class KeyframeSnap(_Spec):
+    """Sample keyframes where they lie close to the sampled times (cheap to decode alone)."""
+
+    tolerance_s: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=10.0,
+        description="a sample time moves to the nearest keyframe at most this many seconds away; "
+        "farther from any keyframe it is decoded from the keyframe before it (a GOP prefix)",
+    )
+
+
 class SamplingSpec(_Spec):
-    """Which frames of a video are looked at: every n-th frame, or k evenly spaced ones."""
+    """Which frames of a video are looked at: every n-th frame, or k evenly spaced ones.
+
+    `keyframes` (optional) snaps those times to nearby keyframes (`models.keyframe_reader`);
+    when unset the field is left out of the spec's JSON, so checkpoints without it keep their
+    `spec_hash` and digest.
+    """
 
     mode: Literal["every_nth", "uniform"] = "uniform"
     every_nth: Annotated[int, Field(ge=1)] = 30
     num_frames: Annotated[int, Field(ge=1)] = 32
     max_frames: Annotated[int, Field(ge=1)] = 64
+    keyframes: KeyframeSnap | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_keyframes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.keyframes is None:
+            data.pop("keyframes", None)
+        return data
 
 
 class DecodeLimits(_Spec):

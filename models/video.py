@@ -18,10 +18,11 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import av
 import av.container
+import av.video.stream
 import numpy as np
 
 from models.errors import (
@@ -33,11 +34,15 @@ from models.errors import (
     PipelineError,
     TooLarge,
 )
+from models.keyframe_reader import KeyframeReader, keyframe_times
 from models.mp4_index import lacks_index
 from models.sampling import sample_indices
-from models.spec import DecodeLimits, SamplingSpec
+from models.spec import DecodeLimits, KeyframeSnap, SamplingSpec
 from models.video_budget import DecodeBudget
-from models.video_reader import FrameReader, probe_stream
+from models.video_reader import FrameReader, StreamInfo, probe_stream
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +90,8 @@ scale factor, like torchvision's antialiased resize the face stage uses)."""
 
 @dataclass(frozen=True)
 class DecodedVideo:
-    """The sampled frames of a video (display orientation, HxWx3 uint8 RGB) and its timing.
+    """The sampled frames of a video (display orientation, HxWx3 uint8 RGB: numpy arrays from the
+    CPU, CUDA tensors from NVDEC) and its timing.
 
     `timestamps_s` are the frames' display times from the stream start and `indices` their frame
     numbers (time x fps: nominal for variable-rate video). A frame missing from the file (corrupt,
@@ -93,7 +99,7 @@ class DecodedVideo:
     those of the returned (rotated) frames.
     """
 
-    frames: list[np.ndarray]
+    frames: list[np.ndarray] | list[torch.Tensor]
     indices: list[int]
     timestamps_s: list[float]
     fps: float
@@ -268,7 +274,7 @@ def _decode(
     targets_s = [info.start_s + index / info.fps for index in indices]
     output.reserve(len(indices), codec.width, codec.height)
 
-    reader = FrameReader(container, stream, info, budget, seekable=seekable)
+    reader = _reader(container, stream, info, budget, sampling.keyframes, seekable=seekable)
     frames: list[np.ndarray] = []
     times: list[float] = []
     for time_s, frame in reader.frames_at(targets_s):
@@ -295,6 +301,26 @@ def _decode(
         frames_decoded=budget.frames_decoded,
         packets_skipped=budget.packets_skipped,
     )
+
+
+def _reader(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    info: StreamInfo,
+    budget: DecodeBudget,
+    keyframes: KeyframeSnap | None,
+    *,
+    seekable: bool,
+) -> FrameReader:
+    """A `KeyframeReader` when the spec asks for keyframes and the container indexes every
+    frame; otherwise the plain `FrameReader` (every sample decoded in stream order)."""
+    if keyframes is not None and seekable:
+        keyframes_s = keyframe_times(container, stream, info)
+        if keyframes_s:
+            return KeyframeReader(
+                container, stream, info, budget, keyframes_s, keyframes.tolerance_s
+            )
+    return FrameReader(container, stream, info, budget, seekable=seekable)
 
 
 def to_display_rgb(

@@ -1,7 +1,7 @@
 """`extract`: videos -> sampled frames -> face crops -> backbone features, into a feature store.
 
-The stages are the inference pipeline's own (`models.video.decode_frames`, `models.faces`,
-`models.pipeline.kept_frames`, `models.backbones.FrameEmbedder`), so the VAL and TEST features
+The stages are the inference pipeline's own (`models.video.decode_frames`, then
+`models.stages.FeatureStages`: faces, embed), so the VAL and TEST features
 (made with the inference sampling) are exactly what an exported checkpoint computes on those files.
 TRAIN videos are sampled per label (the research setup: every 60th frame of fakes, every 30th of
 reals) or uniformly, and get `--views` extra augmented views (see `training.augment`).
@@ -28,7 +28,6 @@ from torch import nn
 from models.backbones import FrameEmbedder, build_backbone, weights_digest
 from models.errors import PipelineError
 from models.faces import FaceCropper
-from models.pipeline import kept_frames
 from models.spec import (
     BackboneArch,
     BackboneSpec,
@@ -36,6 +35,7 @@ from models.spec import (
     PipelineSpec,
     SamplingSpec,
 )
+from models.stages import FeatureStages, kept_frames
 from models.video import DecodedVideo, decode_frames
 from training.augment import AugmentSpec, augment_view, stable_seed
 from training.dataset_card import copy_card
@@ -49,28 +49,27 @@ R = TypeVar("R")
 
 
 class FeatureExtractor:
-    """Face crops and backbone features of decoded videos, for one `StoreSpec`."""
+    """Face crops and backbone features of decoded videos, for one `StoreSpec`: the inference
+    pipeline's feature stages (`models.stages`), plus augmented views of the kept crops."""
 
     def __init__(self, spec: StoreSpec, backbone: nn.Module, device: str = "cpu") -> None:
         self.spec = spec
-        self.cropper = FaceCropper(spec.face, spec.backbone.input_size, device)
-        self.embedder = FrameEmbedder(spec.backbone, backbone, device)
+        self.stages = FeatureStages(spec.face, spec.backbone, backbone, device)
 
     def views(self, video: DecodedVideo, key: str, augmented: int) -> list[ViewFeatures]:
         """The clean view 0 (as the inference pipeline computes it) and `augmented` more."""
-        faces = self.cropper.crop(video.frames, video.timestamps_s)
-        kept = kept_frames(faces.has_face, self.spec.face.no_face)
-        crops = faces.crops[kept]
-        stamps = [video.timestamps_s[i] for i in kept]
-        has_face = [faces.has_face[i] for i in kept]
-        views = [ViewFeatures(0, self.embedder.embed(crops), stamps, has_face)]
+        faces = self.stages.faces(video.frames, video.timestamps_s)
+        crops = faces.kept_crops
+        stamps = [video.timestamps_s[i] for i in faces.kept]
+        has_face = [faces.crops.has_face[i] for i in faces.kept]
+        views = [ViewFeatures(0, self.stages.embed(crops), stamps, has_face)]
         for view in range(1, augmented + 1):
             seed = stable_seed(self.spec.seed, key, view)
             result = augment_view(crops.cpu(), self.spec.augment, seed)
             views.append(
                 ViewFeatures(
                     view,
-                    self.embedder.embed(result.crops),
+                    self.stages.embed(result.crops),
                     [stamps[p] for p in result.positions],
                     [has_face[p] for p in result.positions],
                 )

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -52,6 +53,24 @@ real manipulated video. Never report metrics on this data as detection performan
   never put one identity in two splits.
 - `clips.jsonl`: the recipe of every clip (source, seed, manipulation strength, CRF, ...).
 """
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How clips are encoded with libx264: its preset and `x264-params` (CRF from the recipe)."""
+
+    preset: str = "veryfast"
+    x264_params: str = "mbtree=0"
+
+
+SYNTH_ENCODING = Encoding()
+"""The dataset's own encoding: byte for byte reproducible (see `encode_mp4`)."""
+
+
+def upload_encoding(keyint: int) -> Encoding:
+    """Encoded as an upload is: x264's default preset and parameters (B-frames, macroblock tree,
+    scene-cut keyframes) with a keyframe at least every `keyint` frames."""
+    return Encoding(preset="medium", x264_params=f"keyint={keyint}")
 
 
 class SynthError(ValueError):
@@ -110,6 +129,7 @@ def generate_dataset(
     fps: float = DEFAULT_FPS,
     fake_ratio: float = 0.5,
     workers: int | None = None,
+    encoding: Encoding = SYNTH_ENCODING,
 ) -> list[VideoEntry]:
     """Render and encode a synthetic dataset into the empty (or new) directory `out`."""
     recipes = plan_clips(videos, seed, frames=frames, size=size, fps=fps, fake_ratio=fake_ratio)
@@ -117,7 +137,7 @@ def generate_dataset(
         raise SynthError(f"{out} is not empty; choose a new directory")
     for label in ("real", "fake"):
         (out / label).mkdir(parents=True, exist_ok=True)
-    jobs = [(recipe, out / clip_path(recipe, i)) for i, recipe in enumerate(recipes)]
+    jobs = [(recipe, out / clip_path(recipe, i), encoding) for i, recipe in enumerate(recipes)]
     workers = min(workers or os.cpu_count() or 1, max(1, len(jobs)))
     logger.info("rendering %d clips with %d worker(s) into %s", len(jobs), workers, out)
     if workers == 1:
@@ -128,7 +148,7 @@ def generate_dataset(
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             list(pool.map(_make_clip, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
 
-    entries = [VideoEntry(absolute_path(path), r.label, r.source) for r, path in jobs]
+    entries = [VideoEntry(absolute_path(path), r.label, r.source) for r, path, _ in jobs]
     write_labels(out / "labels.csv", entries)
     write_card(card_path(out / "labels.csv"), training_data("synthetic", SYNTH_NAME))
     _write_recipes(out / "clips.jsonl", jobs, out)
@@ -136,12 +156,14 @@ def generate_dataset(
     return entries
 
 
-def encode_mp4(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
-    """Write RGB frames `(T, H, W, 3)` uint8 as an H.264 (libx264, yuv420p) MP4, byte for byte
-    the same for the same frames.
+def encode_mp4(
+    frames: np.ndarray, path: Path, fps: float, crf: int, encoding: Encoding = SYNTH_ENCODING
+) -> None:
+    """Write RGB frames `(T, H, W, 3)` uint8 as an H.264 (libx264, yuv420p) MP4; with the
+    default encoding byte for byte the same for the same frames.
 
-    x264's macroblock-tree rate control is off: with it, the x264 that PyAV's wheel bundles
-    (core 165) wrote different bytes for the same frames from one run to the next on this
+    x264's macroblock-tree rate control is off by default: with it, the x264 that PyAV's wheel
+    bundles (core 165) wrote different bytes for the same frames from one run to the next on this
     AVX-512 machine (136 of 300 clips of one dataset), so a seed did not fix the dataset.
     """
     rate = Fraction(fps).limit_denominator(1001)
@@ -152,9 +174,9 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
         stream.pix_fmt = "yuv420p"
         stream.options = {
             "crf": str(crf),
-            "preset": "veryfast",
+            "preset": encoding.preset,
             "threads": "1",
-            "x264-params": "mbtree=0",
+            "x264-params": encoding.x264_params,
         }
         for frame in frames:
             packets = stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24"))
@@ -162,10 +184,10 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
         container.mux(stream.encode())
 
 
-def _make_clip(job: tuple[ClipRecipe, Path]) -> None:
-    recipe, path = job
+def _make_clip(job: tuple[ClipRecipe, Path, Encoding]) -> None:
+    recipe, path, encoding = job
     clip = render_clip(recipe)
-    encode_mp4(clip.frames, path, recipe.fps, recipe.crf)
+    encode_mp4(clip.frames, path, recipe.fps, recipe.crf, encoding)
 
 
 def _cycled_sources(rng: np.random.Generator, videos: int) -> list[str]:
@@ -176,9 +198,11 @@ def _cycled_sources(rng: np.random.Generator, videos: int) -> list[str]:
     return sources[:videos]
 
 
-def _write_recipes(file: Path, jobs: Sequence[tuple[ClipRecipe, Path]], out: Path) -> None:
+def _write_recipes(
+    file: Path, jobs: Sequence[tuple[ClipRecipe, Path, Encoding]], out: Path
+) -> None:
     with file.open("w", encoding="utf-8") as handle:
-        for recipe, path in jobs:
+        for recipe, path, _ in jobs:
             record = {"path": path.relative_to(out).as_posix(), "label": recipe.label}
             record |= dataclasses.asdict(recipe)
             handle.write(json.dumps(record) + "\n")

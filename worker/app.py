@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from models.decode_pool import VideoDecoder
+from models.decoders import NvdecUnavailable, build_frame_decoder
 from models.errors import CheckpointError, WeightsError
 from models.pipeline import Detector
 from models.spec import PipelineSpec
@@ -80,16 +81,24 @@ def source_policy(settings: WorkerSettings) -> SourcePolicy:
     )
 
 
-def load_detector(settings: WorkerSettings) -> Detector:
-    """The checkpoint's detector with the worker's decode-limit overrides (`StartupError`)."""
+def load_detector(settings: WorkerSettings, metrics: Metrics | None = None) -> Detector:
+    """The checkpoint's detector with the worker's decode-limit overrides and decoder (NVDEC
+    fallbacks counted in `metrics`); `StartupError` when it cannot be loaded."""
     path: Path = settings.checkpoint
     if not path.is_file():
         raise StartupError(f"checkpoint not found: {path}")
     try:
         detector = Detector.load(path, settings.device, compile_backbone=settings.compile_backbone)
-    except (CheckpointError, WeightsError) as exc:
+        fallbacks = None if metrics is None else metrics.decode_fallbacks
+        detector.frame_decoder = build_frame_decoder(
+            settings.decoder,
+            detector.device,
+            None if fallbacks is None else lambda reason: fallbacks.labels(reason=reason).inc(),
+        )
+    except (CheckpointError, WeightsError, NvdecUnavailable) as exc:
         raise StartupError(f"cannot load checkpoint {path}: {exc}") from None
     detector.decode_limits = settings.decode_limits(detector.spec.decode)
+    log.info("decoder chosen", extra={"decoder": detector.frame_decoder.kind})
     return detector
 
 
@@ -182,7 +191,7 @@ class WorkerApp:
         decoder: VideoDecoder | None = None
         try:
             self._phase = "loading the model"
-            detector = load_detector(settings)
+            detector = load_detector(settings, self._metrics)
             spec = detector.spec
             self._metrics.set_model(spec.name, spec.version, spec.spec_hash)
             if detector.device.type == "cuda":
@@ -201,7 +210,7 @@ class WorkerApp:
             )
             self._phase = "starting the decode processes"
             try:
-                decoder = build_decoder(settings, spec, self._metrics)
+                decoder = build_decoder(settings, spec, self._metrics, detector.frame_decoder)
             except (RuntimeError, OSError) as exc:
                 raise StartupError(f"cannot start the decode pool: {exc}") from None
             processor = VideoProcessor(

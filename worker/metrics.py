@@ -54,6 +54,12 @@ class Metrics:
         self.frames_decoded = Counter(
             "dfd_frames_decoded", "Video frames decoded", registry=registry
         )
+        self.decode_fallbacks = Counter(
+            "dfd_decode_fallbacks",
+            "Videos decoded on the CPU because NVDEC did not take them, by reason",
+            ["reason"],
+            registry=registry,
+        )
         self.frames_sampled = Counter(
             "dfd_frames_sampled", "Frames kept by the sampler", registry=registry
         )

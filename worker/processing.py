@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import torch
 
 from models.decode_pool import ThreadDecoder, VideoDecoder
 from models.errors import PipelineError
 from models.faces import FaceDetection
 from models.pipeline import Detector, Prediction, VideoFeatures
+from models.stages import Frame
 from models.video_budget import MemoryBudget
 from producer.contracts import ErrorCode, Verdict, VideoRequest, utcnow
 from worker.batcher import DynamicBatcher
@@ -117,7 +117,7 @@ class VideoProcessor:
             max_side=settings.decode_max_side,
             threads=settings.decode_threads,
         )
-        self._faces: DynamicBatcher[np.ndarray, FaceDetection] = self._batcher(
+        self._faces: DynamicBatcher[Frame, FaceDetection] = self._batcher(
             "faces", detector.detect_faces, settings.max_batch_frames
         )
         self._embeddings: DynamicBatcher[torch.Tensor, torch.Tensor] = self._batcher(
@@ -229,14 +229,16 @@ class VideoProcessor:
             self._metrics.frames_decoded.inc(video.frames_decoded)
             self._metrics.frames_sampled.inc(len(video.frames))
             with attempt.stage("faces"):
-                detections = self._faces.submit(video.frames).result()
-                faces = self._detector.cut_faces(detections, video.timestamps_s)
-            del detections  # their copies of the frames are not needed for the embeddings
-            self._metrics.faces_found.inc(sum(faces.has_face))
-            kept = self._detector.keep(faces.has_face)
+                faces = self._detector.faces(video.frames, video.timestamps_s, self._detect)
+            self._metrics.faces_found.inc(faces.with_face)
             with attempt.stage("embed"):
-                rows = self._embeddings.submit(list(faces.crops[kept])).result()
-            return self._detector.assemble(video, faces.has_face, torch.stack(rows))
+                return self._detector.features(faces, self._embed)
+
+    def _detect(self, frames: Sequence[Frame]) -> list[FaceDetection]:
+        return self._faces.submit(list(frames)).result()
+
+    def _embed(self, crops: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self._embeddings.submit(list(crops)).result())
 
     def _embed_batch(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(self._detector.embed(torch.stack(crops)))

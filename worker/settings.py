@@ -136,6 +136,12 @@ class WorkerSettings(BaseSettings):
         "the checkpoint's face stage can use (models.faces.frame_max_side; 2757 px for the "
         "default spec).",
     )
+    decoder: Literal["auto", "cpu", "nvdec"] = Field(
+        "auto",
+        description="Video decoder: nvdec (the GPU's NVDEC via PyNvVideoCodec, the nvdec extra; "
+        "videos it does not take are decoded on the CPU and counted), cpu (PyAV), or auto (nvdec "
+        "when the device is CUDA and PyNvVideoCodec imports, else cpu).",
+    )
 
     # Feature and prediction cache
     redis_url: str | None = Field(

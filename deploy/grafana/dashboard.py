@@ -296,6 +296,12 @@ PANELS: tuple[Panel, ...] = (
         (Query(rate("dfd_decode_restarts_total", ["reason"]), "{{reason}}"),),
         "timeout: a child killed at its decode deadline; crash: a child that died.",
     ),
+    Graph(
+        "NVDEC fallbacks to the CPU/s by reason",
+        "ops",
+        (Query(rate("dfd_decode_fallbacks_total", ["reason"]), "{{reason}}"),),
+        "Videos NVDEC did not take (codec, size, pixel format, decoder error), decoded on the CPU.",
+    ),
     Table(
         "Loaded model",
         (

@@ -21,6 +21,7 @@ EXPECTED_FAMILIES = {
     "dfd_requests": "counter",
     "dfd_dlq_messages": "counter",
     "dfd_frames_decoded": "counter",
+    "dfd_decode_fallbacks": "counter",
     "dfd_frames_sampled": "counter",
     "dfd_faces_found": "counter",
     "dfd_cache_hits": "counter",

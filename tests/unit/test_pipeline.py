@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from models.backbones import build_backbone
 from models.checkpoint import load_checkpoint
 from models.ensemble import Ensemble
 from models.errors import NoFace, NotAVideo, TooLarge
+from models.faces import FaceDetection
 from models.pipeline import Detector, Prediction, VideoFeatures
 from models.spec import DecodeLimits
 from tests.checkpoints import make_checkpoint, tiny_spec
@@ -221,3 +223,23 @@ def test_an_onet_backbone_checkpoint_serves(tmp_path: Path, files: dict[str, Pat
     prediction = detector.predict_file(files["noise_a"])
     assert prediction == Detector.load(path).predict_file(files["noise_a"])
     assert 0.0 <= prediction.fake_probability <= 1.0 and prediction.sampled == 4
+
+
+def test_the_stages_run_with_the_callers_runners(
+    detector: Detector, files: dict[str, Path]
+) -> None:
+    video = detector.decode(files["noise_a"])
+    ran: list[tuple[str, int]] = []
+
+    def detect(frames: Sequence[np.ndarray]) -> list[FaceDetection]:
+        ran.append(("detect", len(frames)))
+        return detector.detect_faces(frames)
+
+    def embed(crops: torch.Tensor) -> torch.Tensor:
+        ran.append(("embed", len(crops)))
+        return detector.embed(crops)
+
+    faces = detector.faces(video.frames, video.timestamps_s, detect)
+    features = detector.features(faces, embed)
+    assert ran == [("detect", 4), ("embed", 4)]
+    assert detector.classify([features])[0] == detector.predict_file(files["noise_a"])

@@ -14,7 +14,13 @@ import pytest
 from training.cli import main
 from training.dataset_card import read_card, training_data
 from training.manifest import read_labels
-from training.synth import SynthError, encode_mp4, generate_dataset, plan_clips
+from training.synth import (
+    SynthError,
+    encode_mp4,
+    generate_dataset,
+    plan_clips,
+    upload_encoding,
+)
 from training.synth_render import ClipRecipe, RenderedClip, render_clip
 from training.synth_sources import SOURCE_IDS, load_source
 
@@ -194,3 +200,16 @@ def test_synth_cli_uses_worker_processes_and_refuses_a_used_directory(
     assert _decode(Path(read_labels(out / "labels.csv")[0].path)).shape == (3, 64, 64, 3)
     assert main(argv) == 2
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "INVALID_SYNTH_REQUEST"
+
+
+def test_upload_encoding_has_b_frames_and_a_keyframe_every_keyint_frames(tmp_path: Path) -> None:
+    [recipe] = plan_clips(1, 5, frames=40, size=(128, 96), fps=20.0)
+    path = tmp_path / "upload.mp4"
+    encode_mp4(render_clip(recipe).frames, path, recipe.fps, recipe.crf, upload_encoding(10))
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.has_b_frames > 0
+        keyframes = [p.pts for p in container.demux(stream) if p.size and p.is_keyframe]
+    ticks_per_frame = 1 / (recipe.fps * stream.time_base)
+    gaps = np.diff([0, *sorted(keyframes)]) / ticks_per_frame
+    assert len(keyframes) >= 4 and max(gaps) <= 10
