@@ -17,6 +17,8 @@ class Inbound:
     key: bytes | None
     value: bytes | None
     headers: Headers = field(default_factory=list)
+    defect: str | None = None
+    """Why part of the message could not be read (it then goes to the DLQ), or None."""
 
 
 @dataclass(frozen=True)
