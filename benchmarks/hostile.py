@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from benchmarks import raw_produce
@@ -144,20 +151,20 @@ class DeadLetter:
 
 
 class DeadLetterCollector:
-    """Reads the dead-letter topic from its beginning in a background thread."""
+    """Reads every partition of the dead-letter topic from its beginning in a background thread
+    (assigned, not subscribed: no group to rejoin when the broker restarts)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
                 "group.id": f"drills-dlq-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
-                "fetch.max.bytes": 8_000_000,
                 "logger": log,
             }
         )
-        self._consumer.subscribe([topic])
+        found = self._consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(found)])
         self._lock = threading.Lock()
         self._letters: list[DeadLetter] = []
         self._stop = threading.Event()

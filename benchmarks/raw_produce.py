@@ -85,6 +85,10 @@ def _string(text: str) -> bytes:
     return struct.pack(">h", len(data)) + data
 
 
+_TRANSIENT = {3, 5, 6}
+"""UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER: a new topic."""
+
+
 def produce(
     bootstrap: str,
     topic: str,
@@ -93,7 +97,24 @@ def produce(
     timeout_s: float = 30.0,
 ) -> int:
     """Append `records` to `topic[partition]` with acks=all; returns the base offset, raises
-    `RuntimeError` with the broker's error code."""
+    `RuntimeError` with the broker's error code (after retrying a topic still being created)."""
+    for _attempt in range(20):
+        error, base = _produce_once(bootstrap, topic, partition, records, timeout_s)
+        if error not in _TRANSIENT:
+            break
+        time.sleep(0.5)
+    if error:
+        raise RuntimeError(f"broker refused the raw batch: error code {error}")
+    return base
+
+
+def _produce_once(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    records: Sequence[tuple[bytes | None, bytes, RawHeaders]],
+    timeout_s: float,
+) -> tuple[int, int]:
     batch = record_batch(records)
     body = (
         struct.pack(">hhi", _PRODUCE, _VERSION, 1)
@@ -112,9 +133,7 @@ def produce(
     name_length = struct.unpack_from(">h", reply, 8)[0]
     at = 10 + name_length + 4
     _index, error, base = struct.unpack_from(">ihq", reply, at)
-    if error:
-        raise RuntimeError(f"broker refused the raw batch: error code {error}")
-    return int(base)
+    return int(error), int(base)
 
 
 def _read(sock: socket.socket, size: int) -> bytes:

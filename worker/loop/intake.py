@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from confluent_kafka import KafkaError, Message
 
+from worker.loop.raw_headers import unreadable_header_key
 from worker.messages import Headers, Inbound
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,12 @@ def intake(message: Message) -> Inbound | None:
 
 
 def _headers(message: Message) -> Headers:
-    """Headers as (str, bytes) pairs; a None value becomes b""."""
+    """Headers as (str, bytes) pairs; a None value becomes b"". A key that is not UTF-8 is found
+    before confluent-kafka's conversion, which would crash the process (`raw_headers`)."""
+    bad_key = unreadable_header_key(message)
+    if bad_key is not None:
+        message.set_headers([])
+        raise UnicodeDecodeError("utf-8", bad_key[:64], 0, len(bad_key[:64]), "header key")
     read: Headers = []
     for name, value in message.headers() or []:
         if not isinstance(name, str) or not isinstance(value, bytes | None):
