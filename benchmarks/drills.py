@@ -109,6 +109,9 @@ class Drill:
             revoke_timeout_s="5",
             http_enabled="true",
             http_allow_private="true",
+            # The hard deadline of one download (ignored by workers without the setting): the
+            # slow-drip requests are answered after it.
+            http_total_timeout_s="20",
         )
         self.generation = 0
         self.workers: list[WorkerProcess] = [self._spawn(slot) for slot in range(WORKERS)]
