@@ -108,5 +108,5 @@ def test_the_loop_pauses_at_max_inflight() -> None:
         time.sleep(0.01)
     worker.stop()
     thread.join(10)
-    assert consumer.resumed == [[("requests", 0)]]
+    assert consumer.resumed and not consumer.paused_now  # resumed once there was room
     assert consumer.stored[-1] == ("requests", 0, 6)
