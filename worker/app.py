@@ -1,8 +1,10 @@
 """Wiring of one worker process: settings -> health server, model, cache, pipeline, poll loop.
 
 Startup order makes `/readyz` honest: the health port opens first (unready), then the checkpoint
-loads and the broker is checked (either failing exits non-zero with a clear message), then the poll
-loop starts. SIGTERM/SIGINT stop polling; the loop drains, flushes, commits and closes.
+loads and the broker and topics are checked (any failing exits with `EXIT_STARTUP` and a clear
+message), then the poll loop starts. SIGTERM/SIGINT stop polling; the loop drains, flushes, commits
+and closes. When not even the dead-letter topic can take a record the loop stops and the process
+exits with `EXIT_DELIVERY` (the message's offset is not committed: it is redelivered).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from models.errors import CheckpointError, WeightsError
 from models.pipeline import Detector
 from models.spec import PipelineSpec
 from worker.cache import LruFeatureCache, RedisFeatureCache, ResilientCache
-from worker.consumer import LoopSettings, StartupError, StreamWorker
+from worker.consumer import DeliveryFatal, LoopSettings, StartupError, StreamWorker
 from worker.decoding import build_decoder
 from worker.handler import MessageHandler
 from worker.health import HealthServer
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_STARTUP = 2
+EXIT_DELIVERY = 3
 
 
 def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
@@ -132,6 +135,23 @@ def log_loaded_model(spec: PipelineSpec, model_digest: str) -> None:
         )
 
 
+def loop_settings(settings: WorkerSettings) -> LoopSettings:
+    """Topics, limits and timeouts of the poll loop, from the settings."""
+    return LoopSettings(
+        topic=settings.requests_topic,
+        verdicts_topic=settings.verdicts_topic,
+        dlq_topic=settings.dlq_topic,
+        max_inflight=settings.max_inflight,
+        revoke_timeout_s=settings.revoke_timeout_s,
+        drain_deadline_s=settings.drain_deadline_s,
+        lag_interval_s=settings.lag_interval_s,
+        startup_timeout_s=settings.startup_timeout_s,
+        delivery_retries=settings.delivery_retries,
+        delivery_backoff_s=settings.delivery_backoff_s,
+        stall_timeout_s=settings.stall_timeout_s,
+    )
+
+
 def processing_settings(settings: WorkerSettings) -> ProcessingSettings:
     """Batching and concurrency of the pipeline, from the settings."""
     return ProcessingSettings(
@@ -169,7 +189,7 @@ class WorkerApp:
         self._settings = settings
         self._metrics = Metrics()
         self._health = HealthServer(
-            self._metrics, settings.metrics_host, settings.metrics_port, self.ready
+            self._metrics, settings.metrics_host, settings.metrics_port, self.ready, self.alive
         )
         self._stream: StreamWorker | None = None
         self._phase = "starting"
@@ -181,6 +201,12 @@ class WorkerApp:
         if self._stream is None:
             return False, self._phase
         return self._stream.ready()
+
+    def alive(self) -> tuple[bool, str]:
+        """Liveness for `/healthz`: false only when the poll loop has stalled with work open."""
+        if self._stream is None:
+            return True, self._phase
+        return self._stream.alive()
 
     def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, drain and stop."""
@@ -228,22 +254,14 @@ class WorkerApp:
                 settings.worker_id,
                 self._metrics,
             )
-            stream = StreamWorker(
+            self._phase = "connecting to the broker"
+            stream = StreamWorker.connect(
                 consumer_config(settings),
                 producer_config(settings),
                 handler,
-                LoopSettings(
-                    topic=settings.requests_topic,
-                    max_inflight=settings.max_inflight,
-                    revoke_timeout_s=settings.revoke_timeout_s,
-                    drain_deadline_s=settings.drain_deadline_s,
-                    lag_interval_s=settings.lag_interval_s,
-                    startup_timeout_s=settings.startup_timeout_s,
-                ),
+                loop_settings(settings),
                 self._metrics,
             )
-            self._phase = "connecting to the broker"
-            stream.check_broker()
         except StartupError as exc:
             log.error("startup failed", extra={"reason": str(exc)})
             if decoder is not None:
@@ -256,6 +274,9 @@ class WorkerApp:
         log.info("worker started", extra={"worker_id": settings.worker_id})
         try:
             stream.run()
+        except DeliveryFatal as exc:
+            log.critical("worker stopped: delivery failed fatally", extra={"reason": str(exc)})
+            return EXIT_DELIVERY
         finally:
             processor.close(timeout_s=1.0)
             decoder.close()

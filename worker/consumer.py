@@ -1,13 +1,13 @@
-"""The poll loop: at-least-once Kafka consumption with threaded handlers and in-order commits.
+"""The poll loop: at-least-once Kafka consumption composed of the steps in `worker.loop`.
 
 Why confluent-kafka directly rather than sentry-arroyo's StreamProcessor: one request may produce
 two records (the dead-letter copy with our `dfd-*` headers *and* an error verdict) that must both be
 delivered before its offset is stored, while arroyo's Produce/DLQ steps emit one record per message
 and fixed DLQ headers; arroyo closes and joins the whole strategy on every rebalance, where we wait
 only for the revoked partitions' work (bounded); and the lag, paused-partition and readiness signals
-need the raw consumer (positions, watermarks, broker errors), which arroyo hides. The remaining
-logic is small: librdkafka's own offset store (`enable.auto.offset.store=false` + `store_offsets`)
-does the committing, and `OffsetTracker` keeps stores in order.
+need the raw consumer (positions, watermarks, broker errors), which arroyo hides. The steps follow
+arroyo's spirit: intake -> run in threads -> produce and deliver -> commit, with backpressure and
+rebalance beside them, each a small object tested alone (tests/unit/test_loop_*.py).
 
 Threading: the handler runs in a pool; everything that touches Kafka (poll, produce, delivery
 callbacks, offset stores, pause/resume, commits) runs on the loop's own thread.
@@ -16,24 +16,34 @@ callbacks, offset stores, pause/resume, commits) runs on the loop's own thread.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
-from worker.messages import Inbound, Outbound
+from worker.loop.backpressure import Backpressure
+from worker.loop.delivery import Delivery, DeliveryFatal, DeliverySettings
+from worker.loop.intake import intake
+from worker.loop.progress import Progress
+from worker.loop.rebalance import Rebalance
+from worker.loop.run import Handler, RunInThreads
+from worker.loop.startup import (
+    FALLBACK_MAX_MESSAGE_BYTES,
+    StartupError,
+    check_topics,
+    client_message_limit,
+    max_message_bytes,
+)
+from worker.loop.task import Task
 from worker.metrics import Metrics
-from worker.offsets import OffsetTracker
+from worker.offsets import CommitStep, OffsetCommitter
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Inbound], list[Outbound]]
-PartitionKey = tuple[str, int]
+__all__ = ["DeliveryFatal", "LoopSettings", "StartupError", "StreamWorker"]
 
 _POLL_S = 0.05
 # While requests are in flight the loop polls briefly, so that a finished verdict is produced
@@ -41,84 +51,116 @@ _POLL_S = 0.05
 _BUSY_POLL_S = 0.005
 
 
-class StartupError(Exception):
-    """The worker cannot start (broker unreachable, bad configuration)."""
-
-
 @dataclass(frozen=True)
 class LoopSettings:
     """Limits of the poll loop."""
 
     topic: str
+    verdicts_topic: str
+    dlq_topic: str
     max_inflight: int
     revoke_timeout_s: float
     drain_deadline_s: float
     lag_interval_s: float
     startup_timeout_s: float
+    delivery_retries: int
+    delivery_backoff_s: float
+    stall_timeout_s: float
 
 
-@dataclass(eq=False)
-class _Task:
-    inbound: Inbound
-    accepted_at: float = field(default_factory=time.perf_counter)
-    handled_at: float = 0.0
-    undelivered: int = 0
-    records: list[Outbound] = field(default_factory=list)
+class BrokerStatus:
+    """Whether the broker connection is alive, from the clients' error callbacks and metadata."""
 
-    @property
-    def partition(self) -> PartitionKey:
-        return (self.inbound.topic, self.inbound.partition)
+    def __init__(self) -> None:
+        self.ok = False
+
+    def on_error(self, error: KafkaError) -> None:
+        """A Kafka client's `error_cb`."""
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self.ok = False
+        log.warning("kafka client error", extra={"error": str(error)})
 
 
 class StreamWorker:
     """Consumes `settings.topic`, runs `handler` per message in a thread pool, produces its
-    records and stores each offset once its records are delivered and all earlier offsets of the
+    records and commits each offset once its records are delivered and all earlier offsets of the
     partition are done. Pauses every assigned partition while `max_inflight` messages are open."""
 
     def __init__(
         self,
+        consumer: Consumer,
+        producer: Producer,
+        handler: Handler,
+        settings: LoopSettings,
+        metrics: Metrics,
+        *,
+        broker: BrokerStatus | None = None,
+        dlq_max_bytes: int = FALLBACK_MAX_MESSAGE_BYTES,
+        commit: CommitStep | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._settings = settings
+        self._metrics = metrics
+        self._broker = broker or BrokerStatus()
+        self._commit = commit or OffsetCommitter(consumer)
+        self._progress = Progress()
+        self._run_step = RunInThreads(handler, settings.max_inflight, settings.dlq_topic, metrics)
+        self._delivery = Delivery(
+            producer,
+            DeliverySettings(
+                dlq_topic=settings.dlq_topic,
+                dlq_max_bytes=dlq_max_bytes,
+                retries=settings.delivery_retries,
+                backoff_s=settings.delivery_backoff_s,
+            ),
+            metrics,
+            on_delivered=self._finish,
+            on_progress=self._progress.moved,
+        )
+        self._backpressure = Backpressure(consumer, settings.max_inflight, metrics)
+        self._rebalance = Rebalance(
+            self._commit, self._backpressure, self._pump, metrics, settings.revoke_timeout_s
+        )
+        self._stop = threading.Event()
+        self._subscribed = False
+        self._next_lag_at = 0.0
+        metrics.oldest_inflight_seconds.set_function(self._progress.oldest_age_s)
+        metrics.last_progress_timestamp.set_function(self._progress.last_progress_wall)
+
+    @classmethod
+    def connect(
+        cls,
         consumer_config: dict[str, Any],
         producer_config: dict[str, Any],
         handler: Handler,
         settings: LoopSettings,
         metrics: Metrics,
-    ) -> None:
-        self._settings = settings
-        self._handler = handler
-        self._metrics = metrics
+    ) -> StreamWorker:
+        """A worker with real Kafka clients, after the startup checks (`StartupError`): the
+        broker answers, the verdicts and dead-letter topics exist; reads the DLQ's size limit."""
         client_log = logging.getLogger("worker.kafka")
-        self._consumer = Consumer(
-            {**consumer_config, "error_cb": self._on_error, "logger": client_log}
+        broker = BrokerStatus()
+        consumer = Consumer({**consumer_config, "error_cb": broker.on_error, "logger": client_log})
+        producer = Producer({**producer_config, "error_cb": broker.on_error, "logger": client_log})
+        timeout_s = settings.startup_timeout_s
+        try:
+            metadata = consumer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise StartupError(f"Kafka broker unreachable within {timeout_s} s: {exc}") from None
+        broker.ok = True
+        check_topics(
+            metadata.topics, settings.topic, settings.verdicts_topic, settings.dlq_topic, timeout_s
         )
-        self._producer = Producer(
-            {**producer_config, "error_cb": self._on_error, "logger": client_log}
+        admin = AdminClient({**producer_config, "logger": client_log})
+        limit = max_message_bytes(
+            admin, settings.dlq_topic, client_message_limit(producer_config), timeout_s
         )
-        self._pool = ThreadPoolExecutor(settings.max_inflight, thread_name_prefix="request")
-        self._finished: queue.SimpleQueue[_Task] = queue.SimpleQueue()
-        self._tracker = OffsetTracker()
-        self._open: set[_Task] = set()
-        self._assigned: set[PartitionKey] = set()
-        self._paused = False
-        self._repause = False
-        self._stop = threading.Event()
-        self._failure: BaseException | None = None
-        self._broker_ok = False
-        self._next_lag_at = 0.0
-        self._subscribed = False
+        log.info("dead-letter record limit", extra={"topic": settings.dlq_topic, "bytes": limit})
+        return cls(
+            consumer, producer, handler, settings, metrics, broker=broker, dlq_max_bytes=limit
+        )
 
     # lifecycle -------------------------------------------------------------------------------
-
-    def check_broker(self) -> None:
-        """Fail fast (`StartupError`) when the broker does not answer within the startup timeout."""
-        try:
-            metadata = self._consumer.list_topics(timeout=self._settings.startup_timeout_s)
-        except KafkaException as exc:
-            raise StartupError(
-                f"Kafka broker unreachable within {self._settings.startup_timeout_s} s: {exc}"
-            ) from None
-        self._broker_ok = True
-        if self._settings.topic not in metadata.topics:
-            log.warning("requests topic does not exist yet", extra={"topic": self._settings.topic})
 
     def stop(self) -> None:
         """Ask the loop to stop polling and drain (safe from signal handlers and other threads)."""
@@ -128,141 +170,67 @@ class StreamWorker:
         """Ready when partitions are assigned, or none are but the broker connection is alive."""
         if self._stop.is_set():
             return False, "shutting down"
-        if self._assigned:
-            return True, f"{len(self._assigned)} partitions assigned"
-        if self._subscribed and self._broker_ok:
+        if self._rebalance.assigned:
+            return True, f"{len(self._rebalance.assigned)} partitions assigned"
+        if self._subscribed and self._broker.ok:
             return True, "waiting for partition assignment"
         return False, "not connected to the broker"
 
+    def alive(self) -> tuple[bool, str]:
+        """Alive unless requests are open and nothing moved for the stall timeout."""
+        stalled = self._progress.stalled(self._settings.stall_timeout_s)
+        return (False, stalled) if stalled else (True, "alive")
+
     def run(self) -> None:
-        """Poll until `stop()`, then drain, flush, commit and close. Re-raises a handler crash."""
+        """Poll until `stop()`, then drain, flush, commit and close. Raises `DeliveryFatal` when
+        not even the dead-letter topic could take a record."""
         self._consumer.subscribe(
             [self._settings.topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+            on_assign=self._rebalance.on_assign,
+            on_revoke=self._rebalance.on_revoke,
+            on_lost=self._rebalance.on_lost,
         )
         self._subscribed = True
         try:
-            while not self._stop.is_set():
-                message = self._consumer.poll(_BUSY_POLL_S if self._open else _POLL_S)
+            while not self._stop.is_set() and self._delivery.failure is None:
+                busy = self._progress.open_count() > 0
+                message = self._consumer.poll(_BUSY_POLL_S if busy else _POLL_S)
                 if message is not None:
                     self._accept(message)
                 self._pump(0)
-                self._apply_backpressure()
+                self._backpressure.apply(self._progress.open_count(), self._rebalance.assigned)
+                self._commit.tick()
                 self._maybe_update_lag()
         finally:
             self._shutdown()
-        if self._failure is not None:
-            raise self._failure
+        if self._delivery.failure is not None:
+            raise self._delivery.failure
 
-    # consuming ---------------------------------------------------------------------------------
+    # steps -----------------------------------------------------------------------------------
 
-    def _accept(self, message: Message) -> None:
-        error = message.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error", extra={"error": str(error)})
+    def _accept(self, message: Any) -> None:
+        inbound = intake(message)
+        if inbound is None:
             return
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        inbound = Inbound(
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            key=message.key(),
-            value=message.value(),
-            headers=[(k, v or b"") for k, v in message.headers() or []],
-        )
-        task = _Task(inbound)
-        self._tracker.add((topic, partition), offset)
-        self._open.add(task)
-        self._pool.submit(self._run_handler, task)
-        self._metrics.inflight_requests.set(len(self._open))
+        task = Task(inbound)
+        self._commit.track(task.partition, task.offset)
+        self._progress.opened(task)
+        self._metrics.inflight_requests.set(self._progress.open_count())
+        self._run_step.submit(task)
 
-    def _run_handler(self, task: _Task) -> None:
-        try:
-            task.records = self._handler(task.inbound)
-            task.handled_at = time.perf_counter()
-        except BaseException as exc:
-            log.critical(
-                "handler crashed; stopping so the message is redelivered",
-                exc_info=True,
-                extra={"partition": task.inbound.partition, "offset": task.inbound.offset},
-            )
-            self._failure = exc
-            self._stop.set()
-            return
-        self._finished.put(task)
+    def _pump(self, timeout_s: float) -> None:
+        """Produce the handled tasks' records and serve delivery callbacks."""
+        for task in self._run_step.finished():
+            self._delivery.send(task)
+        self._delivery.pump(timeout_s)
 
-    def _pump(self, timeout: float) -> None:
-        """Produce finished tasks' records and serve delivery callbacks."""
-        while True:
-            try:
-                task = self._finished.get_nowait()
-            except queue.Empty:
-                break
-            task.undelivered = len(task.records)
-            if not task.records:
-                self._complete(task)
-            for record in task.records:
-                self._produce(task, record)
-        self._producer.poll(timeout)
-
-    def _produce(self, task: _Task, record: Outbound) -> None:
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                log.error(
-                    "delivery failed; producing again",
-                    extra={"topic": record.topic, "error": str(error)},
-                )
-                self._produce(task, record)
-                return
-            task.undelivered -= 1
-            if task.undelivered == 0:
-                self._complete(task)
-
-        while True:
-            try:
-                self._producer.produce(
-                    record.topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=record.headers,
-                    on_delivery=delivered,
-                )
-                return
-            except BufferError:
-                self._producer.poll(_POLL_S)
-
-    def _complete(self, task: _Task) -> None:
-        self._open.discard(task)
-        self._metrics.inflight_requests.set(len(self._open))
-        now = time.perf_counter()
+    def _finish(self, task: Task) -> None:
+        self._progress.closed(task)
+        self._metrics.inflight_requests.set(self._progress.open_count())
+        now = time.monotonic()
         self._metrics.stage_seconds.labels(stage="produce").observe(now - task.handled_at)
         self._metrics.request_seconds.observe(now - task.accepted_at)
-        position = self._tracker.done(task.partition, task.inbound.offset)
-        if position is not None:
-            self._store(task.partition, position)
-
-    def _store(self, partition: PartitionKey, position: int) -> None:
-        try:
-            self._consumer.store_offsets(offsets=[TopicPartition(*partition, position)])
-        except KafkaException as exc:
-            log.info("offset not stored", extra={"partition": partition[1], "error": str(exc)})
-
-    # backpressure and gauges -------------------------------------------------------------------
-
-    def _apply_backpressure(self) -> None:
-        full = len(self._open) >= self._settings.max_inflight
-        if full and (not self._paused or self._repause):
-            self._consumer.pause(_topic_partitions(self._assigned))
-            self._paused, self._repause = True, False
-            log.debug("partitions paused", extra={"inflight": len(self._open)})
-        elif not full and self._paused:
-            self._consumer.resume(_topic_partitions(self._assigned))
-            self._paused = False
-            log.debug("partitions resumed", extra={"inflight": len(self._open)})
-        self._metrics.paused_partitions.set(len(self._assigned) if self._paused else 0)
+        self._commit.on_done(task.partition, task.offset)
 
     def _maybe_update_lag(self) -> None:
         now = time.monotonic()
@@ -270,9 +238,9 @@ class StreamWorker:
             return
         self._next_lag_at = now + self._settings.lag_interval_s
         try:
-            if not self._assigned:
+            if not self._rebalance.assigned:
                 self._consumer.list_topics(self._settings.topic, timeout=1.0)
-            for topic, partition in sorted(self._assigned):
+            for topic, partition in sorted(self._rebalance.assigned):
                 # The high watermark cached from fetch responses: a broker query per partition
                 # would block the poll loop (about 0.5 s each, behind the consumer's fetch).
                 _low, high = self._consumer.get_watermark_offsets(
@@ -280,91 +248,30 @@ class StreamWorker:
                 )
                 if high < 0:
                     continue
-                position = self._tracker.committable((topic, partition))
+                position = self._commit.position((topic, partition))
                 if position is None:
                     [current] = self._consumer.position([TopicPartition(topic, partition)])
                     position = current.offset if current.offset >= 0 else high
                 lag = max(0, high - position)
                 self._metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
-            self._broker_ok = True
+            self._broker.ok = True
         except KafkaException as exc:
-            self._broker_ok = False
+            self._broker.ok = False
             log.warning("broker metadata unavailable", extra={"error": str(exc)})
-
-    def _on_error(self, error: KafkaError) -> None:
-        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            self._broker_ok = False
-        log.warning("kafka client error", extra={"error": str(error)})
-
-    # rebalance ---------------------------------------------------------------------------------
-
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned |= {(p.topic, p.partition) for p in partitions}
-        self._repause = self._paused
-        self._broker_ok = True
-        self._metrics.assigned_partitions.set(len(self._assigned))
-        log.info("partitions assigned", extra={"partitions": _names(partitions)})
-
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        revoked = {(p.topic, p.partition) for p in partitions}
-        deadline = time.monotonic() + self._settings.revoke_timeout_s
-        while self._tracker.pending(revoked) and time.monotonic() < deadline:
-            self._pump(_POLL_S)
-        abandoned = self._tracker.pending(revoked)
-        self._commit(revoked)
-        self._drop(revoked)
-        log.info(
-            "partitions revoked",
-            extra={"partitions": _names(partitions), "abandoned": abandoned},
-        )
-
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lost = {(p.topic, p.partition) for p in partitions}
-        log.warning(
-            "partitions lost; their in-flight work will be redelivered elsewhere",
-            extra={"partitions": _names(partitions), "abandoned": self._tracker.pending(lost)},
-        )
-        self._drop(lost)
-
-    def _drop(self, partitions: set[PartitionKey]) -> None:
-        self._tracker.forget(partitions)
-        self._assigned -= partitions
-        for topic, partition in partitions:
-            self._metrics.consumer_lag.remove(topic, str(partition))
-        self._metrics.assigned_partitions.set(len(self._assigned))
-
-    def _commit(self, partitions: Iterable[PartitionKey]) -> None:
-        offsets = [
-            TopicPartition(topic, partition, position)
-            for topic, partition in partitions
-            if (position := self._tracker.committable((topic, partition))) is not None
-        ]
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            log.warning("commit failed", extra={"error": str(exc)})
-
-    # shutdown ----------------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self._settings.drain_deadline_s
-        log.info("draining", extra={"inflight": len(self._open)})
-        while self._open and time.monotonic() < deadline and self._failure is None:
+        log.info("draining", extra={"inflight": self._progress.open_count()})
+        while (
+            self._progress.open_count()
+            and time.monotonic() < deadline
+            and self._delivery.failure is None
+        ):
             self._pump(_POLL_S)
-        left = len(self._open)
-        remaining = self._producer.flush(max(1.0, deadline - time.monotonic()))
-        self._commit(self._assigned)
+        left = self._progress.open_count()
+        remaining = self._delivery.flush(max(1.0, deadline - time.monotonic()))
+        self._commit.close(self._rebalance.assigned)
         self._consumer.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._run_step.close()
         self._metrics.inflight_requests.set(0)
         log.info("stopped", extra={"abandoned": left, "undelivered": remaining})
-
-
-def _topic_partitions(partitions: Iterable[PartitionKey]) -> list[TopicPartition]:
-    return [TopicPartition(topic, partition) for topic, partition in sorted(partitions)]
-
-
-def _names(partitions: list[TopicPartition]) -> list[str]:
-    return [f"{p.topic}[{p.partition}]" for p in partitions]

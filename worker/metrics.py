@@ -80,6 +80,12 @@ class Metrics:
         self.cache_bypass = Counter(
             "dfd_cache_bypass", "Lookups served without the cache", registry=registry
         )
+        self.delivery_failures = Counter(
+            "dfd_delivery_failures",
+            "Failed deliveries of produced records, by topic and Kafka error name",
+            ["topic", "reason"],
+            registry=registry,
+        )
 
         self.stage_seconds = Histogram(
             "dfd_stage_seconds",
@@ -170,6 +176,16 @@ class Metrics:
         )
         self.assigned_partitions = Gauge(
             "dfd_assigned_partitions", "Partitions assigned to this worker", registry=registry
+        )
+        self.oldest_inflight_seconds = Gauge(
+            "dfd_oldest_inflight_seconds",
+            "Age of the oldest request taken from Kafka and not yet finished (0 when none)",
+            registry=registry,
+        )
+        self.last_progress_timestamp = Gauge(
+            "dfd_last_progress_timestamp_seconds",
+            "Unix time of the latest delivered record or finished request",
+            registry=registry,
         )
         self.ready = Gauge("dfd_ready", "1 while the worker is ready", registry=registry)
         self.gpu_memory_bytes = Gauge(

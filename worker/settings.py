@@ -35,6 +35,8 @@ RESERVED_KAFKA_KEYS = frozenset(
         "client.id",
     }
 )
+# Delivery guarantees the worker always sets (acks=all, idempotence on): not overridable.
+FIXED_KAFKA_KEYS = frozenset({"acks", "request.required.acks", "enable.idempotence"})
 
 DECODE_MIB_PER_REQUEST = 128
 """Default decode memory per in-flight request: 32 sampled 1080p frames take 190 MiB, 32 4K frames
@@ -87,6 +89,14 @@ class WorkerSettings(BaseSettings):
     )
     startup_timeout_s: PositiveFloat = Field(
         10.0, description="How long to wait for the broker at startup before failing."
+    )
+    delivery_retries: Annotated[int, Field(ge=0)] = Field(
+        3,
+        description="Produce attempts after a retriable delivery failure before the record's "
+        "dead-letter copy replaces it.",
+    )
+    delivery_backoff_s: PositiveFloat = Field(
+        1.0, description="Wait before the first delivery retry; doubles each time (at most 30 s)."
     )
 
     # Model and compute
@@ -208,6 +218,11 @@ class WorkerSettings(BaseSettings):
         10.0, description="On rebalance, how long revoked partitions' in-flight work may take."
     )
     lag_interval_s: PositiveFloat = Field(5.0, description="Period of the consumer-lag gauge.")
+    stall_timeout_s: PositiveFloat = Field(
+        900.0,
+        description="/healthz answers 503 when requests are open and nothing was delivered for "
+        "this long (a wedged worker); keep it above the longest request's budget.",
+    )
     worker_id: str = Field(
         default_factory=default_worker_id, description="Worker id in verdicts (hostname-pid)."
     )
@@ -226,6 +241,12 @@ class WorkerSettings(BaseSettings):
         reserved = sorted(RESERVED_KAFKA_KEYS.intersection(normalised))
         if reserved:
             raise ValueError(f"set these through their own options, not kafka: {reserved}")
+        fixed = sorted(FIXED_KAFKA_KEYS.intersection(normalised))
+        if fixed:
+            raise ValueError(
+                f"the worker always produces with acks=all and enable.idempotence=true; "
+                f"remove {fixed} from the kafka settings"
+            )
         return normalised
 
     @model_validator(mode="after")

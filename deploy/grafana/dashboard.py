@@ -270,6 +270,27 @@ PANELS: tuple[Panel, ...] = (
         "Mean items per dynamic batch against the stage's maximum. Low fill at low load is "
         "normal: a partial batch leaves after max_wait_ms.",
     ),
+    # Delivery and liveness (worker/loop): failed deliveries, the oldest open request.
+    Graph(
+        "Delivery failures/s by topic and reason",
+        "ops",
+        (Query(rate("dfd_delivery_failures_total", ["topic", "reason"]), "{{topic}} {{reason}}"),),
+        "Records the broker did not take (alert DfdDeliveryFailures). A verdict that cannot be "
+        "delivered goes to the DLQ; a DLQ that cannot take a record stops the worker (exit 3).",
+    ),
+    Graph(
+        "Oldest open request age / time since progress",
+        "s",
+        (
+            Query(gauge("dfd_oldest_inflight_seconds", aggregate=""), "oldest {{instance}}"),
+            Query(
+                f"time() - {series('dfd_last_progress_timestamp_seconds')}",
+                "since progress {{instance}}",
+            ),
+        ),
+        "A worker with open requests and no progress past DFD_STALL_TIMEOUT_S fails /healthz "
+        "and is restarted (alert DfdWorkerStalled).",
+    ),
     # The decode process pool (models/decode_pool.py).
     Graph(
         "Decode processes busy / decodes queued",

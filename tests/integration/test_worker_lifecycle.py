@@ -11,18 +11,22 @@ from typing import Any
 
 import pytest
 
+from benchmarks.hostile import set_max_message_bytes
 from deploy.local.ports import free_port
 from deploy.local.worker_process import REPO, WorkerProcess, wait_until
+from producer.contracts import parse_verdict
 from tests.checkpoints import make_checkpoint
 from tests.integration.workers import (
     VerdictLog,
     committed_offsets,
     publish,
+    read_topic,
     requests_for,
     unique,
     worker_env,
     write_clips,
 )
+from worker.loop.delivery import DLQ_DELIVERY_ERROR, DLQ_INTENDED_TOPIC
 
 EXIT_STARTUP = 2
 
@@ -154,3 +158,49 @@ def test_sigkill_mid_stream_then_restart_answers_everything(
         assert survivor.terminate() == 0
     finally:
         verdicts.close()
+
+
+def test_a_missing_dead_letter_topic_refuses_to_start(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., Any],
+    assets: tuple[Path, Path, list[Path]],
+    tmp_path: Path,
+) -> None:
+    checkpoint, root, _clips = assets
+    topics = topic_factory(partitions=1)
+    env = worker_env(kafka_bootstrap, topics, unique("group"), checkpoint, [root])
+    missing = unique("no-such-dlq")
+    worker = WorkerProcess("no-dlq", tmp_path, {**env, "DFD_DLQ_TOPIC": missing})
+    assert worker.popen.wait(300) == EXIT_STARTUP
+    [failed] = [r for r in worker.log_records() if r.get("msg") == "startup failed"]
+    assert missing in str(failed["reason"]) and "do not exist" in str(failed["reason"])
+
+
+def test_verdicts_the_topic_refuses_reach_the_dlq_and_the_worker_keeps_going(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., Any],
+    assets: tuple[Path, Path, list[Path]],
+    tmp_path: Path,
+) -> None:
+    checkpoint, root, clips = assets
+    topics = topic_factory(partitions=1)
+    set_max_message_bytes(kafka_bootstrap, topics.verdicts, 64)
+    env = worker_env(kafka_bootstrap, topics, unique("group"), checkpoint, [root])
+    worker = WorkerProcess("tiny-verdicts", tmp_path, env)
+    try:
+        worker.wait_ready()
+        requests = requests_for(clips[:2], unique("tiny"))
+        publish(kafka_bootstrap, topics.requests, requests)
+        copies = read_topic(kafka_bootstrap, topics.dlq, 2)
+        rescued = {parse_verdict(m.value()).request_id: dict(m.headers()) for m in copies}
+        assert set(rescued) == {r.request_id for r in requests}
+        for headers in rescued.values():
+            assert headers[DLQ_INTENDED_TOPIC] == topics.verdicts.encode()
+            assert headers[DLQ_DELIVERY_ERROR] == b"MSG_SIZE_TOO_LARGE"
+        failures = worker.metric(
+            "dfd_delivery_failures_total", topic=topics.verdicts, reason="MSG_SIZE_TOO_LARGE"
+        )
+        assert failures == 2
+        assert worker.popen.poll() is None and worker.get("/healthz")[0] == 200
+    finally:
+        assert worker.terminate() == 0

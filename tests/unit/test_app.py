@@ -20,6 +20,7 @@ from worker.settings import WorkerSettings
 def test_not_ready_before_the_model_loads(tmp_path: Path) -> None:
     app = WorkerApp(WorkerSettings(checkpoint=tmp_path / "model.ckpt", metrics_port=0))
     assert app.ready() == (False, "starting")
+    assert app.alive() == (True, "starting")
     exposition = app._metrics.render().decode()
     [ready] = [f for f in text_string_to_metric_families(exposition) if f.name == "dfd_ready"]
     assert [sample.value for sample in ready.samples] == [0.0]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import select
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from worker import health
 from worker.health import HealthServer
 from worker.logs import configure_logging
 from worker.metrics import STAGES, Metrics
@@ -28,6 +33,7 @@ EXPECTED_FAMILIES = {
     "dfd_cache_misses": "counter",
     "dfd_cache_errors": "counter",
     "dfd_cache_bypass": "counter",
+    "dfd_delivery_failures": "counter",
     "dfd_stage_seconds": "histogram",
     "dfd_request_seconds": "histogram",
     "dfd_batch_size": "histogram",
@@ -44,6 +50,8 @@ EXPECTED_FAMILIES = {
     "dfd_paused_partitions": "gauge",
     "dfd_consumer_lag": "gauge",
     "dfd_assigned_partitions": "gauge",
+    "dfd_oldest_inflight_seconds": "gauge",
+    "dfd_last_progress_timestamp_seconds": "gauge",
     "dfd_ready": "gauge",
     "dfd_gpu_memory_bytes": "gauge",
     "dfd_model_info": "gauge",
@@ -191,6 +199,69 @@ def test_failing_readiness_check_is_not_ready() -> None:
         assert status == 503
         assert "broker handle gone" in json.loads(body)["reason"]
         assert get(f"http://127.0.0.1:{port}/nope")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_healthz_turns_unhealthy_when_the_worker_stalls() -> None:
+    state = [(True, "alive")]
+    server = HealthServer(Metrics(), "127.0.0.1", 0, lambda: (True, "ok"), lambda: state[0])
+    port = server.start()
+    try:
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        state[0] = (False, "no progress for 901 s with 3 requests open")
+        status, _, body = get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 503
+        assert json.loads(body) == {"status": "unhealthy", "reason": state[0][1]}
+    finally:
+        server.stop()
+
+
+def closed_by_server(connection: socket.socket, drip_for_s: float) -> float | None:
+    """Drip one byte every 0.2 s; the seconds until the server closed the connection, or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < drip_for_s:
+        time.sleep(0.2)
+        readable, _, _ = select.select([connection], [], [], 0)
+        if readable and connection.recv(1024) == b"":
+            return time.monotonic() - started
+        with contextlib.suppress(OSError):
+            connection.sendall(b"i")
+    return None
+
+
+def test_a_dripping_client_is_cut_at_the_connection_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(health, "SOCKET_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(health, "CONNECTION_DEADLINE_S", 1.0)
+    server = HealthServer(Metrics(), "127.0.0.1", 0, lambda: (True, "ok"))
+    port = server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as dribbler:
+            dribbler.sendall(b"GET /metr")  # each byte comes within the socket timeout
+            cut_after = closed_by_server(dribbler, drip_for_s=6.0)
+        assert cut_after is not None and cut_after < 4.0
+    finally:
+        server.stop()
+
+
+def test_connections_over_the_limit_are_closed_and_the_rest_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(health, "MAX_CONNECTIONS", 2)
+    server = HealthServer(Metrics(), "127.0.0.1", 0, lambda: (True, "ok"))
+    port = server.start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            extra.settimeout(5)
+            assert extra.recv(1) == b""
+        for connection in idle:
+            connection.close()
+        time.sleep(0.3)
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
     finally:
         server.stop()
 

@@ -54,6 +54,16 @@ def test_kafka_pass_through_cannot_override_offset_handling() -> None:
         WorkerSettings(checkpoint=Path("c.pt"), kafka={"enable.auto.offset.store": "true"})
 
 
+@pytest.mark.parametrize(
+    "override", [{"acks": "1"}, {"enable.idempotence": "false"}, {"request_required_acks": "0"}]
+)
+def test_kafka_pass_through_cannot_weaken_delivery(override: dict[str, str]) -> None:
+    with pytest.raises(ValidationError, match=r"acks=all and enable\.idempotence=true"):
+        WorkerSettings(checkpoint=Path("c.pt"), kafka=override)
+    with pytest.raises(ValidationError, match="acks=all"):
+        load_settings(["--checkpoint", "c.pt", "--kafka", "acks=0"])
+
+
 def test_checkpoint_is_required() -> None:
     with pytest.raises(ValidationError, match="checkpoint"):
         load_settings([])
