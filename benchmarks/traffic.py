@@ -12,8 +12,9 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from producer.client import VerdictReader, file_sha256
+from producer.client import VerdictReader
 from producer.contracts import Verdict, VideoRequest
+from producer.digests import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def requests_for(
         VideoRequest(
             request_id=f"{prefix}-{index}",
             video_uri=path.resolve().as_uri(),
-            sha256=file_sha256(path) if with_sha256 else None,
+            sha256=sha256_file(path) if with_sha256 else None,
         )
         for index, path in enumerate(paths)
     ]

@@ -141,10 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--topic", default=VERDICTS_TOPIC)
     results.add_argument(
         "--request-id",
-        nargs="*",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="ID",
-        help="exit 0 once each id has a verdict, non-zero on timeout",
+        help="exit 0 once each id has a verdict, non-zero on timeout (repeatable)",
     )
     results.add_argument(
         "--from-beginning",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
@@ -18,6 +17,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from pydantic import ValidationError
 
 from producer.contracts import REQUESTS_TOPIC, VERDICTS_TOPIC, Verdict, VideoRequest, parse_verdict
+from producer.digests import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,6 @@ def to_uri(target: str) -> str:
     return Path(target).expanduser().resolve().as_uri()
 
 
-def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def make_request(
     target: str,
     *,
@@ -84,7 +75,7 @@ def make_request(
     if with_sha256:
         if not uri.startswith("file://"):
             raise ValueError(f"--sha256 needs a local file, got {uri}")
-        digest = file_sha256(Path(target).expanduser())
+        digest = sha256_file(Path(target).expanduser())
     return VideoRequest(
         request_id=request_id or uuid.uuid4().hex,
         video_uri=uri,

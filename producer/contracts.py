@@ -5,7 +5,6 @@ This module imports pydantic only: upload services import it without torch.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -21,7 +20,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, from_json
 
 SCHEMA_VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
@@ -180,13 +179,24 @@ class Verdict(_Strict):
 
 
 class ContractError(Exception):
-    """A message that does not satisfy the contract; `code` is a stable `ErrorCode`."""
+    """A message that does not satisfy the contract; `code` is a stable `ErrorCode`.
 
-    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None) -> None:
+    `request_id` and `video_uri` are set whenever the message names them readably, so the
+    requester can still be answered.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        request_id: str | None = None,
+        video_uri: str = "",
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.video_uri = video_uri
 
 
 def _describe(error: ValidationError) -> str:
@@ -197,21 +207,37 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _recover_request_id(document: Any) -> str | None:
-    if not isinstance(document, dict):
-        return None
+def _recover_request_id(document: dict[str, Any]) -> str | None:
     candidate = document.get("request_id")
     if isinstance(candidate, str) and re.fullmatch(REQUEST_ID_PATTERN, candidate):
         return candidate
     return None
 
 
-def parse_request(raw: bytes | None) -> VideoRequest:
-    """Decode and validate one request message.
+def _recover_uri(document: dict[str, Any]) -> str:
+    uri = document.get("video_uri")
+    return uri if isinstance(uri, str) else ""
 
-    Raises `ContractError` with `INVALID_REQUEST` (or `UNSUPPORTED_SCHEME`) and a message
-    naming each wrong field; `request_id` is set whenever it can be recovered.
+
+def parse_request(raw: bytes | None) -> VideoRequest:
+    """Decode and validate one request message; any failure is a `ContractError`.
+
+    Its code is `INVALID_REQUEST` (or `UNSUPPORTED_SCHEME`) and its message names each wrong
+    field; `request_id` and `video_uri` are set whenever they can be recovered. The JSON parser
+    refuses nesting deeper than 200 levels, integers beyond 4300 digits, NaN/Infinity and lone
+    surrogates, so no message can exhaust the stack or smuggle unencodable text into a verdict.
     """
+    try:
+        return _parse_request(raw)
+    except ContractError:
+        raise
+    except Exception as exc:  # a hostile message must never escape as anything else
+        raise ContractError(
+            ErrorCode.INVALID_REQUEST, f"message could not be read: {type(exc).__name__}"
+        ) from None
+
+
+def _parse_request(raw: bytes | None) -> VideoRequest:
     if raw is None:
         raise ContractError(ErrorCode.INVALID_REQUEST, "message has no value")
     if len(raw) > MAX_REQUEST_BYTES:
@@ -224,24 +250,27 @@ def parse_request(raw: bytes | None) -> VideoRequest:
     except UnicodeDecodeError as exc:
         raise ContractError(ErrorCode.INVALID_REQUEST, f"message is not UTF-8: {exc}") from None
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
+        document = from_json(text, allow_inf_nan=False)
+    except ValueError as exc:
         raise ContractError(ErrorCode.INVALID_REQUEST, f"message is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ContractError(ErrorCode.INVALID_REQUEST, "message must be a JSON object")
-    request_id = _recover_request_id(document)
+    request_id, video_uri = _recover_request_id(document), _recover_uri(document)
     if "schema_version" not in document:
         raise ContractError(
             ErrorCode.INVALID_REQUEST,
             f"schema_version: field required (this worker speaks {SCHEMA_VERSION})",
             request_id,
+            video_uri,
         )
     version = document["schema_version"]
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise ContractError(
             ErrorCode.INVALID_REQUEST,
-            f"schema_version: unsupported value {version!r} (this worker speaks {SCHEMA_VERSION})",
+            f"schema_version: unsupported value {_shorten(version)} "
+            f"(this worker speaks {SCHEMA_VERSION})",
             request_id,
+            video_uri,
         )
     try:
         return VideoRequest.model_validate(document)
@@ -252,7 +281,12 @@ def parse_request(raw: bytes | None) -> VideoRequest:
             if types == {"unsupported_scheme"}
             else ErrorCode.INVALID_REQUEST
         )
-        raise ContractError(code, _describe(exc), request_id) from None
+        raise ContractError(code, _describe(exc), request_id, video_uri) from None
+
+
+def _shorten(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_verdict(raw: bytes) -> Verdict:

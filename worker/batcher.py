@@ -2,9 +2,12 @@
 
 Submissions queue up in arrival order. The thread dispatches a batch as soon as `max_batch` items
 are queued, or when the oldest queued item has waited `max_wait_ms`. A submission larger than
-`max_batch` is split across consecutive batches; its future resolves when every part is done. An
-exception raised by `fn` fails exactly the futures with items in that batch (their later parts are
-dropped). A future cancelled before its first item is dispatched is skipped.
+`max_batch` is split across consecutive batches; its future resolves when every part is done. A
+future cancelled before its first item is dispatched is skipped.
+
+One bad input never fails its batch-mates: when `fn` raises, each job's part of the batch is retried
+alone, so only the culprit's future gets the exception (its later parts are dropped). When `fn`
+runs out of memory (CUDA or otherwise), the batch is halved and retried, down to single items.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,12 +50,28 @@ class _Job(Generic[T, R]):
     def left(self) -> int:
         return len(self.items) - self.taken
 
+    def deliver(self, part: _Part[T, R], results: list[R]) -> None:
+        """Store one part's results; resolve the future once every item has one."""
+        self.results[part.start : part.stop] = results
+        self.done += len(part)
+        if self.done == len(self.items) and not self.future.done():
+            self.future.set_result(list(self.results))  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
 class _Part(Generic[T, R]):
+    """Items `start:stop` of a job, taken into one batch."""
+
     job: _Job[T, R]
     start: int
     stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def items(self) -> Sequence[T]:
+        return self.job.items[self.start : self.stop]
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -161,30 +182,44 @@ class DynamicBatcher(Generic[T, R]):
         self._queued -= job.left
 
     def _dispatch(self, parts: list[_Part[T, R]]) -> None:
-        batch = [item for part in parts for item in part.job.items[part.start : part.stop]]
+        """Run `parts` as one batch. When `fn` raises, retry smaller so that only the culprit
+        fails: on out-of-memory the batch is halved, otherwise each job's part runs alone; a
+        part that fails alone (or a single item out of memory) fails its job."""
+        parts = [part for part in parts if not part.job.future.done()]
+        if not parts:
+            return
+        try:
+            results = self._call([item for part in parts for item in part.items])
+        except Exception as exc:
+            retries = _halves(parts) if _out_of_memory(exc) else [[part] for part in parts]
+            if len(retries) < 2:
+                for part in parts:
+                    part.job.future.set_exception(exc)
+                return
+            log.warning(
+                "batch failed; retrying it in smaller batches",
+                extra={"batcher": self._name, "error": repr(exc), "retries": len(retries)},
+            )
+            for retry in retries:
+                self._dispatch(retry)
+            return
+        offset = 0
+        for part in parts:
+            part.job.deliver(part, results[offset : offset + len(part)])
+            offset += len(part)
+
+    def _call(self, batch: list[T]) -> list[R]:
+        """`fn(batch)`, checked to give one result per item, reported to `on_batch`."""
         started = time.perf_counter()
         try:
             results = self._fn(batch)
-            if len(results) != len(batch):
-                raise RuntimeError(
-                    f"batch function returned {len(results)} results for {len(batch)} items"
-                )
-        except Exception as exc:
-            for part in parts:
-                if not part.job.future.done():
-                    part.job.future.set_exception(exc)
-            return
         finally:
             self._report(len(batch), time.perf_counter() - started)
-        offset = 0
-        for part in parts:
-            job = part.job
-            size = part.stop - part.start
-            job.results[part.start : part.stop] = results[offset : offset + size]
-            offset += size
-            job.done += size
-            if job.done == len(job.items) and not job.future.done():
-                job.future.set_result(list(job.results))  # type: ignore[arg-type]
+        if len(results) != len(batch):
+            raise RuntimeError(
+                f"batch function returned {len(results)} results for {len(batch)} items"
+            )
+        return results
 
     def _report(self, size: int, seconds: float) -> None:
         if self._on_batch is None:
@@ -193,3 +228,29 @@ class DynamicBatcher(Generic[T, R]):
             self._on_batch(size, seconds)
         except Exception:
             log.exception("on_batch callback failed", extra={"batcher": self._name})
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """True for CUDA's `OutOfMemoryError` and any other error whose message says "out of memory"."""
+    return isinstance(error, torch.cuda.OutOfMemoryError | MemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def _halves(parts: list[_Part[T, R]]) -> list[list[_Part[T, R]]]:
+    """`parts` cut into two batches of about half the items each (a part may be cut in two);
+    a single item stays whole (one batch)."""
+    total = sum(len(part) for part in parts)
+    if total < 2:
+        return [parts]
+    first: list[_Part[T, R]] = []
+    second: list[_Part[T, R]] = []
+    room = total // 2
+    for part in parts:
+        take = min(room, len(part))
+        if take:
+            first.append(_Part(part.job, part.start, part.start + take))
+        if take < len(part):
+            second.append(_Part(part.job, part.start + take, part.stop))
+        room -= take
+    return [first, second]

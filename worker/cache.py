@@ -25,6 +25,7 @@ from redis.retry import Retry
 from models.pipeline import Prediction, VideoFeatures
 from worker.cache_codec import (
     CacheCorrupt,
+    check_features,
     decode_features,
     decode_prediction,
     encode_features,
@@ -40,6 +41,7 @@ __all__ = [
     "RedisFeatureCache",
     "ResilientCache",
     "cache_key",
+    "check_features",
     "decode_features",
     "decode_prediction",
     "encode_features",
@@ -141,8 +143,9 @@ class LruFeatureCache:
 class ResilientCache:
     """Cache front: decodes features and predictions, turns backend failures into bypasses.
 
-    `on_error` is called with every backend failure (`CacheUnavailable`) and every corrupt value
-    (`CacheCorrupt`, served as a miss). While the backend is being skipped, no error is reported.
+    `on_error` is called with every backend failure (`CacheUnavailable`) and every value that
+    cannot be decoded or does not fit the spec (`CacheCorrupt` or any other exception of the
+    decoder, served as a miss). While the backend is being skipped, no error is reported.
     """
 
     def __init__(
@@ -165,9 +168,14 @@ class ResilientCache:
         with self._lock:
             return self._skip_until is None
 
-    def get(self, key: str, spec_hash: str) -> tuple[VideoFeatures | None, CacheStatus]:
-        """Cached features and how the lookup went: "hit", "miss" or "bypass"."""
-        return self._lookup(key, lambda blob: decode_features(blob, spec_hash))
+    def get(
+        self, key: str, spec_hash: str, feature_dim: int
+    ) -> tuple[VideoFeatures | None, CacheStatus]:
+        """Cached features that fit the spec (`check_features`) and how the lookup went: "hit",
+        "miss" or "bypass"."""
+        return self._lookup(
+            key, lambda blob: check_features(decode_features(blob, spec_hash), feature_dim)
+        )
 
     def put(self, key: str, value: VideoFeatures, spec_hash: str) -> bool:
         """Store features; False when the backend was skipped or failed."""
@@ -196,8 +204,10 @@ class ResilientCache:
             return None, "miss"
         try:
             return decode(blob), "hit"
-        except CacheCorrupt as exc:
-            log.warning("corrupt cache value treated as a miss", extra={"key": key, "error": exc})
+        except Exception as exc:  # whatever a stored value holds, it is only ever a miss
+            log.warning(
+                "corrupt cache value treated as a miss", extra={"key": key, "error": repr(exc)}
+            )
             self._report(exc)
             return None, "miss"
 

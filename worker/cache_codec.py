@@ -6,7 +6,9 @@ Features (all integers little-endian):
 
 The header holds `dtype`, `shape` ([T, D]), `spec_hash`, `timestamps_s`, `sampled`, `with_face`
 and the CRC-32 of the tensor bytes. The tensor is stored row-major, little-endian. Decoding checks
-every field, the length and the checksum, and raises `CacheCorrupt` on any mismatch.
+every field, the length, the checksum and that `with_face <= T <= sampled`, and raises
+`CacheCorrupt` on any mismatch; `check_features` then holds the features to the spec (float32,
+the spec's feature dimension, finite values) before a worker uses them.
 
 Predictions are one JSON object: `format` ("dfd-prediction"), `version`, the `model_digest` of
 the detector that made it and every `Prediction` field. Floats are written as their shortest
@@ -77,7 +79,31 @@ def encode_features(features: VideoFeatures, spec_hash: str) -> bytes:
 
 
 def decode_features(blob: bytes, spec_hash: str) -> VideoFeatures:
-    """Parse a cached value; raises `CacheCorrupt` unless every check passes."""
+    """Parse a cached value; raises `CacheCorrupt` (and nothing else) unless every check passes."""
+    try:
+        return _decode_features(blob, spec_hash)
+    except CacheCorrupt:
+        raise
+    except Exception as exc:  # a value nobody checked for, e.g. absurd sizes
+        raise CacheCorrupt(f"value cannot be decoded: {type(exc).__name__}: {exc}") from None
+
+
+def check_features(features: VideoFeatures, feature_dim: int) -> VideoFeatures:
+    """`features` when they fit a spec of `feature_dim`: float32 [T, feature_dim] with T >= 1, all
+    finite (the codec itself round-trips any float, NaN included); raises `CacheCorrupt` otherwise.
+    """
+    tensor = features.features
+    if tensor.dtype != torch.float32:
+        raise CacheCorrupt(f"features have dtype {tensor.dtype}, expected torch.float32")
+    shape = tuple(tensor.shape)
+    if len(shape) != 2 or shape[0] < 1 or shape[1] != feature_dim:
+        raise CacheCorrupt(f"features have shape {shape}, expected [T >= 1, {feature_dim}]")
+    if not bool(torch.isfinite(tensor).all()):
+        raise CacheCorrupt("features hold NaN or infinite values")
+    return features
+
+
+def _decode_features(blob: bytes, spec_hash: str) -> VideoFeatures:
     if len(blob) < _PREFIX.size:
         raise CacheCorrupt(f"value is {len(blob)} bytes, shorter than the prefix")
     magic, version, header_length = _PREFIX.unpack_from(blob)
@@ -100,6 +126,11 @@ def decode_features(blob: bytes, spec_hash: str) -> VideoFeatures:
         raise CacheCorrupt("tensor checksum mismatch")
     if len(header["timestamps_s"]) != rows:
         raise CacheCorrupt(f"{len(header['timestamps_s'])} timestamps for {rows} feature rows")
+    if not header["with_face"] <= rows <= header["sampled"]:
+        raise CacheCorrupt(
+            f"{rows} feature rows for {header['sampled']} sampled frames, "
+            f"{header['with_face']} with a face"
+        )
     native = np.dtype(little_endian).newbyteorder("=")
     integers = np.frombuffer(payload, dtype=little_endian).astype(native, copy=True)
     tensor = torch.from_numpy(integers).view(torch_dtype).reshape(rows, columns)
@@ -175,7 +206,7 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         raise CacheCorrupt("header does not have the expected fields")
     shape = header["shape"]
     problems = [
-        ("dtype", header["dtype"] in _DTYPES),
+        ("dtype", isinstance(header["dtype"], str) and header["dtype"] in _DTYPES),
         ("spec_hash", isinstance(header["spec_hash"], str)),
         ("shape", isinstance(shape, list) and len(shape) == 2 and all(map(_count, shape))),
         ("sampled", _count(header["sampled"])),

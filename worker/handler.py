@@ -1,22 +1,36 @@
 """The Kafka-facing side of a request: one consumed message -> the records to produce.
 
-A valid request gets its verdict from `VideoProcessor`; a message that breaks the contract gets its
-dead-letter copy plus (when a request id is recoverable) an error verdict.
+A valid request gets its verdict from the processor; a message that breaks the contract (or that
+the intake could not read whole: `Inbound.defect`) gets its dead-letter copy plus, when a request
+id is recoverable, an error verdict. `MessageHandler` never raises: an unexpected failure while
+answering a request is an `INTERNAL` error verdict, and when not even that can be built, a
+dead-letter copy with code `INTERNAL`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+from typing import Protocol
 
-from producer.contracts import ContractError, ErrorCode, Verdict, parse_request, utcnow
+from producer.contracts import (
+    ContractError,
+    ErrorCode,
+    Verdict,
+    VideoRequest,
+    parse_request,
+    utcnow,
+)
 from worker.messages import Inbound, Outbound
 from worker.metrics import Metrics
-from worker.processing import VideoProcessor
 from worker.verdicts import dlq_headers, error_verdict
 
 log = logging.getLogger(__name__)
+
+
+class Processor(Protocol):
+    """Request -> verdict (`worker.processing.VideoProcessor`)."""
+
+    def process(self, request: VideoRequest) -> Verdict: ...
 
 
 class MessageHandler:
@@ -24,7 +38,7 @@ class MessageHandler:
 
     def __init__(
         self,
-        processor: VideoProcessor,
+        processor: Processor,
         verdicts_topic: str,
         dlq_topic: str,
         worker_id: str,
@@ -37,46 +51,67 @@ class MessageHandler:
         self._metrics = metrics
 
     def __call__(self, inbound: Inbound) -> list[Outbound]:
+        """The records answering `inbound`: never empty, never raises."""
         try:
-            request = parse_request(inbound.value)
+            return self._answer(inbound)
+        except Exception:
+            log.exception("answering a message failed; dead-lettering it", extra=_where(inbound))
+            return [self._dead_letter(inbound, ErrorCode.INTERNAL, "internal error")]
+
+    def _answer(self, inbound: Inbound) -> list[Outbound]:
+        try:
+            request = _read(inbound)
         except ContractError as exc:
             return self._rejected(inbound, exc)
-        verdict = self._processor.process(request)
-        return [self._verdict_record(verdict)]
+        return self._answered(request)
+
+    def _answered(self, request: VideoRequest) -> list[Outbound]:
+        """The processor's verdict, or an INTERNAL error verdict when it fails."""
+        try:
+            return [self._verdict_record(self._processor.process(request))]
+        except Exception as exc:
+            log.exception("request failed unexpectedly", extra={"request_id": request.request_id})
+            self._metrics.requests.labels(status="error", code=ErrorCode.INTERNAL.value).inc()
+            verdict = error_verdict(
+                request.request_id,
+                request.video_uri,
+                ErrorCode.INTERNAL,
+                f"internal error: {type(exc).__name__}",
+                worker_id=self._worker_id,
+                completed_at=utcnow(),
+                metadata=request.metadata,
+            )
+            return [self._verdict_record(verdict)]
 
     def _rejected(self, inbound: Inbound, error: ContractError) -> list[Outbound]:
         code = ErrorCode(error.code)
-        self._metrics.dlq_messages.labels(code=code.value).inc()
         log.warning(
             "request rejected to the dead-letter topic",
-            extra={
-                "request_id": error.request_id,
-                "code": code.value,
-                "reason": error.message,
-                "partition": inbound.partition,
-                "offset": inbound.offset,
-            },
+            extra={"request_id": error.request_id, "code": code.value, "reason": error.message}
+            | _where(inbound),
         )
-        records = [
-            Outbound(
-                topic=self._dlq_topic,
-                key=inbound.key,
-                value=inbound.value or b"",
-                headers=dlq_headers(inbound, code, error.message),
-            )
-        ]
+        answer = []
         if error.request_id is not None:
-            self._metrics.requests.labels(status="error", code=code.value).inc()
             verdict = error_verdict(
                 error.request_id,
-                _recover_uri(inbound.value),
+                error.video_uri,
                 code,
                 error.message,
                 worker_id=self._worker_id,
                 completed_at=utcnow(),
             )
-            records.append(self._verdict_record(verdict))
-        return records
+            answer.append(self._verdict_record(verdict))
+            self._metrics.requests.labels(status="error", code=code.value).inc()
+        return [self._dead_letter(inbound, code, error.message), *answer]
+
+    def _dead_letter(self, inbound: Inbound, code: ErrorCode, message: str) -> Outbound:
+        self._metrics.dlq_messages.labels(code=code.value).inc()
+        return Outbound(
+            topic=self._dlq_topic,
+            key=inbound.key,
+            value=inbound.value or b"",
+            headers=dlq_headers(inbound, code, message),
+        )
 
     def _verdict_record(self, verdict: Verdict) -> Outbound:
         return Outbound(
@@ -84,11 +119,23 @@ class MessageHandler:
         )
 
 
-def _recover_uri(raw: bytes | None) -> str:
-    """The request's `video_uri` when the message is a JSON object holding a string one."""
+def _read(inbound: Inbound) -> VideoRequest:
+    """The request `inbound` carries; `ContractError` when it is invalid or not read whole."""
+    if inbound.defect is None:
+        return parse_request(inbound.value)
     try:
-        document: Any = json.loads(raw or b"")
-    except ValueError:
-        return ""
-    uri = document.get("video_uri") if isinstance(document, dict) else None
-    return uri if isinstance(uri, str) else ""
+        request = parse_request(inbound.value)
+    except ContractError as exc:
+        request_id, video_uri = exc.request_id, exc.video_uri
+    else:
+        request_id, video_uri = request.request_id, request.video_uri
+    raise ContractError(
+        ErrorCode.INVALID_REQUEST,
+        f"message could not be read: {inbound.defect}",
+        request_id,
+        video_uri,
+    )
+
+
+def _where(inbound: Inbound) -> dict[str, object]:
+    return {"topic": inbound.topic, "partition": inbound.partition, "offset": inbound.offset}

@@ -26,10 +26,11 @@ from models.errors import PipelineError
 from models.faces import FaceDetection
 from models.pipeline import Detector, Prediction, VideoFeatures
 from producer.contracts import ErrorCode, Verdict, VideoRequest, utcnow
+from producer.digests import sha256_file
 from worker.batcher import DynamicBatcher
 from worker.cache import CacheStatus, ResilientCache, cache_key, prediction_key
 from worker.metrics import Metrics
-from worker.sources import SourceError, SourcePolicy, file_digest, open_source
+from worker.sources import SourceError, SourcePolicy, open_source
 from worker.verdicts import error_verdict, model_info, ok_verdict
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class VideoProcessor:
         self._metrics = metrics
         self._settings = settings
         self._spec_hash = detector.spec.spec_hash
+        self._feature_dim = detector.spec.feature_dim
         self._model_digest = detector.model_digest
         self._model = model_info(detector.spec)
         self._decode_slots = threading.Semaphore(settings.decode_workers)
@@ -138,7 +140,7 @@ class VideoProcessor:
         with open_source(request.video_uri, self._policy, self._settings.tmp_dir) as video:
             attempt.record("fetch", time.perf_counter() - fetch_started)
             with attempt.stage("digest"):
-                digest = request.sha256 or file_digest(video.path)
+                digest = request.sha256 or sha256_file(video.path)
             cached = self._lookup(digest, attempt)
             if cached is None:
                 cached = self._extract(video.path, attempt)
@@ -166,7 +168,7 @@ class VideoProcessor:
             cached, attempt.cache = self._cache.get_prediction(key, self._model_digest)
             if cached is None:
                 key = cache_key(self._spec_hash, digest)
-                cached, attempt.cache = self._cache.get(key, self._spec_hash)
+                cached, attempt.cache = self._cache.get(key, self._spec_hash, self._feature_dim)
         self._count_cache(attempt.cache)
         return cached
 

@@ -24,9 +24,10 @@ from worker.cache import (
 pytestmark = pytest.mark.integration
 
 SPEC = "feedface" * 2
+DIM = 2048
 
 
-def features(rows: int = 4, dim: int = 2048) -> VideoFeatures:
+def features(rows: int = 4, dim: int = DIM) -> VideoFeatures:
     generator = torch.Generator().manual_seed(rows)
     return VideoFeatures(
         features=torch.randn(rows, dim, generator=generator),
@@ -43,15 +44,15 @@ def test_put_get_with_ttl(redis_url: str) -> None:
     try:
         cache = ResilientCache(backend)
         value = features()
-        assert cache.get(key, SPEC) == (None, "miss")
+        assert cache.get(key, SPEC, DIM) == (None, "miss")
         assert cache.put(key, value, SPEC)
-        cached, status = cache.get(key, SPEC)
+        cached, status = cache.get(key, SPEC, DIM)
         assert status == "hit" and cached is not None
         assert torch.equal(cached.features, value.features)
         assert cached.timestamps_s == value.timestamps_s
         assert client.get(key) == encode_features(value, SPEC)
         assert 0 < client.ttl(key) <= 120
-        assert cache.get(key, "another-spec") == (None, "miss")
+        assert cache.get(key, "another-spec", DIM) == (None, "miss")
     finally:
         client.delete(key)
         client.close()
@@ -82,24 +83,24 @@ def test_redis_stop_bypasses_and_restart_resumes(own_redis: RedisNode) -> None:
     key, value = cache_key(SPEC, "video-1"), features()
     try:
         assert cache.put(key, value, SPEC)
-        assert cache.get(key, SPEC)[1] == "hit"
+        assert cache.get(key, SPEC, DIM)[1] == "hit"
 
         assert own_redis.stop(kill=True)
-        assert cache.get(key, SPEC) == (None, "bypass")
+        assert cache.get(key, SPEC, DIM) == (None, "bypass")
         assert not cache.available
         assert not cache.put(key, value, SPEC)  # skipped until retry_after_s
         assert len(errors) == 1 and isinstance(errors[0], CacheUnavailable)
 
         clock.now += 5.0
-        assert cache.get(key, SPEC) == (None, "bypass")  # retried: still down
+        assert cache.get(key, SPEC, DIM) == (None, "bypass")  # retried: still down
         assert len(errors) == 2
 
         assert own_redis.start()
         clock.now += 5.0
-        assert cache.get(key, SPEC) == (None, "miss")  # back, empty after the restart
+        assert cache.get(key, SPEC, DIM) == (None, "miss")  # back, empty after the restart
         assert cache.available
         assert cache.put(key, value, SPEC)
-        assert cache.get(key, SPEC)[1] == "hit"
+        assert cache.get(key, SPEC, DIM)[1] == "hit"
         assert len(errors) == 2
     finally:
         backend.close()

@@ -173,6 +173,9 @@ def test_poison_messages_go_to_the_dlq_and_the_worker_keeps_going(served: Served
         wrong_schema.encode(),
         b'{"schema_version": 1, "request_id": "' + b"x" * 70_000 + b'"}',
         bytes(range(256)) * 4,
+        b'{"a":' * 5000,  # these three used to kill every worker of the group
+        b"[" * 2000,
+        b"9" * 5000,
     ]
     publish_raw(served.bootstrap, served.topics.requests, poison)
     after = requests_for(served.clips[:1], unique("after-poison"))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
+import torch
 
 from worker.batcher import BatcherClosed, DynamicBatcher
 
@@ -110,7 +111,7 @@ def test_large_submission_is_split_and_resolves_once_complete(closing: list) -> 
     assert fn.batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]]
 
 
-def test_error_fails_exactly_the_futures_of_that_batch(closing: list) -> None:
+def test_error_fails_only_the_culprits_future(closing: list) -> None:
     fn = Recorder(block_first=True, fail_on=3)
     batcher = make(closing, fn, max_batch=3, max_wait_ms=5)
     blocker = batcher.submit([0])
@@ -120,11 +121,64 @@ def test_error_fails_exactly_the_futures_of_that_batch(closing: list) -> None:
     c = batcher.submit([6])
     fn.release.set()
     assert blocker.result(WAIT) == [0]
-    for failed in (a, b):
-        with pytest.raises(ValueError, match="bad item 3"):
-            failed.result(WAIT)
+    assert a.result(WAIT) == [10, 20]  # retried alone
+    with pytest.raises(ValueError, match="bad item 3"):
+        b.result(WAIT)
     assert c.result(WAIT) == [60]
-    assert fn.batches == [[0], [1, 2, 3], [6]]  # b's remaining part was dropped
+    assert fn.batches == [[0], [1, 2, 3], [1, 2], [3], [6]]  # b's remaining part was dropped
+
+
+def test_one_poisoned_item_among_many_jobs_fails_only_its_job(closing: list) -> None:
+    fn = Recorder(block_first=True, fail_on=13)
+    batcher = make(closing, fn, max_batch=64, max_wait_ms=5)
+    blocker = batcher.submit([0])
+    assert fn.entered.wait(WAIT)
+    jobs = [batcher.submit([10 * job + n for n in range(4)]) for job in range(1, 6)]
+    fn.release.set()
+    assert blocker.result(WAIT) == [0]
+    with pytest.raises(ValueError, match="bad item 13"):
+        jobs[0].result(WAIT)
+    for job, future in enumerate(jobs[1:], start=2):
+        assert future.result(WAIT) == [100 * job + 10 * n for n in range(4)]
+    assert fn.batches[1] == [10 * job + n for job in range(1, 6) for n in range(4)]
+    assert fn.batches[2:] == [[10 * job + n for n in range(4)] for job in range(1, 6)]
+
+
+class OutOfMemory:
+    """A batch function that runs out of memory on batches larger than `fits`."""
+
+    def __init__(self, fits: int, error: type[Exception] = torch.cuda.OutOfMemoryError) -> None:
+        self.fits = fits
+        self.error = error
+        self.sizes: list[int] = []
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.sizes.append(len(items))
+        if len(items) > self.fits:
+            raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [item * 10 for item in items]
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, RuntimeError])
+def test_out_of_memory_halves_the_batch_until_it_fits(
+    closing: list, error: type[Exception]
+) -> None:
+    fn = OutOfMemory(fits=2, error=error)
+    batcher = make(closing, fn, max_batch=8, max_wait_ms=60_000)
+    first = batcher.submit([1, 2, 3])  # one job cut in two by the first halving
+    second = batcher.submit([4, 5, 6, 7, 8])
+    assert first.result(WAIT) == [10, 20, 30]
+    assert second.result(WAIT) == [40, 50, 60, 70, 80]
+    assert fn.sizes == [8, 4, 2, 2, 4, 2, 2]
+
+
+def test_out_of_memory_on_a_single_item_fails_its_job_only(closing: list) -> None:
+    fn = OutOfMemory(fits=0)
+    batcher = make(closing, fn, max_batch=2, max_wait_ms=60_000)
+    future = batcher.submit([1, 2])
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        future.result(WAIT)
+    assert fn.sizes == [2, 1]  # the job failed with its first item; its second was not tried
 
 
 def test_wrong_result_count_is_an_error(closing: list) -> None:
@@ -132,6 +186,22 @@ def test_wrong_result_count_is_an_error(closing: list) -> None:
     with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
         batcher.submit([1, 2]).result(WAIT)
     assert batcher.submit([]).result(WAIT) == []
+
+
+def test_wrong_result_count_for_several_jobs_is_retried_job_by_job(closing: list) -> None:
+    fn = Recorder(block_first=True)
+    batcher = make(
+        closing,
+        lambda items: fn(items)[:1] if len(items) > 1 else fn(items),
+        max_batch=4,
+        max_wait_ms=5,
+    )
+    blocker = batcher.submit([0])
+    assert fn.entered.wait(WAIT)
+    one, two = batcher.submit([1]), batcher.submit([2])
+    fn.release.set()
+    assert (blocker.result(WAIT), one.result(WAIT), two.result(WAIT)) == ([0], [10], [20])
+    assert fn.batches == [[0], [1, 2], [1], [2]]
 
 
 def test_cancelled_future_is_skipped(closing: list) -> None:

@@ -27,9 +27,10 @@ from worker.cache import (
     encode_prediction,
     prediction_key,
 )
-from worker.cache_codec import MAGIC
+from worker.cache_codec import MAGIC, check_features
 
 SPEC = "a" * 16
+DIM = 8  # the feature dimension `features()` makes by default
 MODEL = "c" * 64
 
 
@@ -80,12 +81,13 @@ def header_of(blob: bytes) -> dict:
     return json.loads(blob[10 : 10 + length])
 
 
-def with_header(blob: bytes, **changes: object) -> bytes:
+def with_raw_header(blob: bytes, raw: bytes) -> bytes:
     (length,) = struct.unpack_from("<I", blob, 6)
-    header = json.loads(blob[10 : 10 + length])
-    header.update(changes)
-    raw = json.dumps(header).encode()
     return blob[:6] + struct.pack("<I", len(raw)) + raw + blob[10 + length :]
+
+
+def with_header(blob: bytes, **changes: object) -> bytes:
+    return with_raw_header(blob, json.dumps(header_of(blob) | changes).encode())
 
 
 # ---------------------------------------------------------------- codec
@@ -178,6 +180,60 @@ def test_invalid_header_fields_are_corrupt(changes: dict) -> None:
     blob = with_header(encode_features(features(), SPEC), **changes)
     with pytest.raises(CacheCorrupt):
         decode_features(blob, SPEC)
+
+
+def test_rows_must_lie_between_faces_and_sampled_frames() -> None:
+    blob = encode_features(features(rows=5), SPEC)  # sampled 7, with_face 5
+    decode_features(with_header(blob, sampled=5, with_face=0), SPEC)
+    for changes in ({"sampled": 4, "with_face": 4}, {"with_face": 6, "sampled": 9}):
+        with pytest.raises(CacheCorrupt, match="feature rows"):
+            decode_features(with_header(blob, **changes), SPEC)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"dtype": ["float32"]},
+        {"dtype": {"a": 1}},
+        {"shape": [5, 10**400]},
+        {"timestamps_s": [[0.0]] * 5},
+        {"crc32": 10**4000},
+    ],
+)
+def test_odd_header_values_are_corrupt_not_errors(changes: dict) -> None:
+    with pytest.raises(CacheCorrupt):
+        decode_features(with_header(encode_features(features(), SPEC), **changes), SPEC)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[" * 100_000, b'{"a":' * 50_000, b'{"sampled": ' + b"9" * 5000 + b"}"]
+)
+def test_hostile_header_json_is_corrupt_not_an_error(raw: bytes) -> None:
+    with pytest.raises(CacheCorrupt):
+        decode_features(with_raw_header(encode_features(features(), SPEC), raw), SPEC)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (features(dim=4), "shape"),
+        (features(rows=0), "shape"),
+        (features(dtype=torch.float16), "dtype"),
+        (features(dtype=torch.bfloat16), "dtype"),
+    ],
+)
+def test_features_that_do_not_fit_the_spec_are_corrupt(value: VideoFeatures, reason: str) -> None:
+    with pytest.raises(CacheCorrupt, match=reason):
+        check_features(value, DIM)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_features_are_corrupt(bad: float) -> None:
+    value = features()
+    value.features[2, 3] = bad
+    with pytest.raises(CacheCorrupt, match="finite"):
+        check_features(value, DIM)
+    assert check_features(features(), DIM) is not None
 
 
 def test_header_holds_the_documented_fields() -> None:
@@ -378,12 +434,12 @@ class Flaky:
 def test_miss_put_hit() -> None:
     cache = ResilientCache(LruFeatureCache())
     value = features()
-    assert cache.get("k", SPEC) == (None, "miss")
+    assert cache.get("k", SPEC, DIM) == (None, "miss")
     assert cache.put("k", value, SPEC)
-    cached, status = cache.get("k", SPEC)
+    cached, status = cache.get("k", SPEC, DIM)
     assert status == "hit" and cached is not None
     assert_identical(cached, value)
-    assert cache.get("k", "other-spec") == (None, "miss")
+    assert cache.get("k", "other-spec", DIM) == (None, "miss")
 
 
 def test_prediction_miss_put_hit() -> None:
@@ -410,7 +466,10 @@ def test_prediction_lookups_share_the_bypass() -> None:
     backend.down = True
     assert cache.get_prediction("p", MODEL) == (None, "bypass")
     calls = backend.calls
-    assert cache.get("k", SPEC) == (None, "bypass")  # skipped after the prediction lookup failed
+    assert cache.get("k", SPEC, DIM) == (
+        None,
+        "bypass",
+    )  # skipped after the prediction lookup failed
     assert not cache.put_prediction("p", prediction(), MODEL)
     assert backend.calls == calls
     backend.down = False
@@ -425,9 +484,61 @@ def test_corrupt_value_is_a_counted_miss() -> None:
     backend.put("k", b"garbage")
     errors: list[Exception] = []
     cache = ResilientCache(backend, on_error=errors.append)
-    assert cache.get("k", SPEC) == (None, "miss")
+    assert cache.get("k", SPEC, DIM) == (None, "miss")
     assert [type(e) for e in errors] == [CacheCorrupt]
     assert cache.available
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        features(dim=DIM + 1),  # another feature dimension under the same spec hash
+        features(dtype=torch.float16),
+        VideoFeatures(torch.full((2, DIM), float("nan")), [0.0, 1.0], 2, 2),
+    ],
+)
+def test_value_that_does_not_fit_the_spec_is_a_counted_miss(stored: VideoFeatures) -> None:
+    backend = LruFeatureCache()
+    backend.put("k", encode_features(stored, SPEC))
+    errors: list[Exception] = []
+    cache = ResilientCache(backend, on_error=errors.append)
+    assert cache.get("k", SPEC, DIM) == (None, "miss")
+    assert [type(e) for e in errors] == [CacheCorrupt]
+
+
+class Hostile:
+    """A backend whose stored value is whatever the test puts there, without encoding."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def get(self, key: str) -> bytes | None:
+        return self.blob
+
+    def put(self, key: str, blob: bytes) -> None:
+        self.blob = blob
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.builds(lambda tail: MAGIC + tail, st.binary(max_size=300)))
+def test_arbitrary_cached_bytes_are_a_counted_miss(blob: bytes) -> None:
+    errors: list[Exception] = []
+    cache = ResilientCache(Hostile(blob), on_error=errors.append)
+    assert cache.get("k", SPEC, DIM) == (None, "miss")
+    assert cache.get_prediction("p", MODEL) == (None, "miss")
+    assert len(errors) == 2
+    assert cache.available
+
+
+def test_any_exception_from_decoding_is_a_counted_miss(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(blob: bytes, spec_hash: str) -> VideoFeatures:
+        raise MemoryError("decoder bug")
+
+    monkeypatch.setattr("worker.cache.decode_features", broken)
+    errors: list[Exception] = []
+    cache = ResilientCache(Hostile(encode_features(features(), SPEC)), on_error=errors.append)
+    assert cache.get("k", SPEC, DIM) == (None, "miss")
+    assert [type(e) for e in errors] == [MemoryError]
 
 
 def test_failure_bypasses_skips_then_resumes() -> None:
@@ -437,22 +548,22 @@ def test_failure_bypasses_skips_then_resumes() -> None:
     assert cache.put("k", value, SPEC)
 
     backend.down = True
-    assert cache.get("k", SPEC) == (None, "bypass")
+    assert cache.get("k", SPEC, DIM) == (None, "bypass")
     assert not cache.available
     calls = backend.calls
-    assert cache.get("k", SPEC) == (None, "bypass")  # skipped: the backend is not touched
+    assert cache.get("k", SPEC, DIM) == (None, "bypass")  # skipped: the backend is not touched
     assert not cache.put("k", value, SPEC)
     assert backend.calls == calls
     assert len(errors) == 1
 
     clock.now += 5.0
-    assert cache.get("k", SPEC) == (None, "bypass")  # retried, still down
+    assert cache.get("k", SPEC, DIM) == (None, "bypass")  # retried, still down
     assert backend.calls == calls + 1
     assert len(errors) == 2
 
     backend.down = False
     clock.now += 5.0
-    assert cache.get("k", SPEC)[1] == "hit"
+    assert cache.get("k", SPEC, DIM)[1] == "hit"
     assert cache.available
     assert all(isinstance(e, CacheUnavailable) for e in errors)
 
@@ -464,7 +575,7 @@ def test_failing_error_callback_does_not_break_serving() -> None:
     backend = Flaky()
     backend.down = True
     cache = ResilientCache(backend, on_error=explode)
-    assert cache.get("k", SPEC) == (None, "bypass")
+    assert cache.get("k", SPEC, DIM) == (None, "bypass")
 
 
 def test_dead_redis_is_bypassed_and_counted() -> None:
@@ -482,9 +593,9 @@ def test_dead_redis_is_bypassed_and_counted() -> None:
             backend.put(key, blob)
 
     cache = ResilientCache(Counting(), retry_after_s=60.0, on_error=errors.append)
-    assert cache.get("k", SPEC) == (None, "bypass")
+    assert cache.get("k", SPEC, DIM) == (None, "bypass")
     for _ in range(20):
-        assert cache.get("k", SPEC) == (None, "bypass")
+        assert cache.get("k", SPEC, DIM) == (None, "bypass")
         assert not cache.put("k", features(), SPEC)
     assert calls == ["k"]  # one failed attempt, then skipped until retry_after_s
     assert len(errors) == 1

@@ -157,6 +157,52 @@ def test_non_utf8_non_json_and_empty(raw):
     assert info.value.request_id is None
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a":' * 5000,  # the 25 KB message that used to raise RecursionError
+        b"[" * 2000,
+        b"[" * 201 + b"]" * 201,
+        b"1" * 5000,  # beyond Python's 4300-digit int conversion limit
+        encode(valid_request(metadata={"n": 1})).replace(b"1}", b"9" * 5000 + b"}"),
+        b'{"schema_version": NaN, "request_id": "a", "video_uri": "file:///a"}',
+        b'{"schema_version": 1, "request_id": "a", "video_uri": "file:///\\ud800.mp4"}',
+        b'{"schema_version": 1, "request_id": "a", "video_uri": "file:///a", "metadata": '
+        b'{"k": "\\udfff"}}',
+    ],
+)
+def test_hostile_json_is_an_invalid_request(raw):
+    with pytest.raises(ContractError) as info:
+        parse_request(raw)
+    assert info.value.code is ErrorCode.INVALID_REQUEST
+
+
+def test_nesting_a_request_needs_is_accepted():
+    document = valid_request(metadata={"k": "v"})
+    assert parse_request(encode(document)).metadata == {"k": "v"}
+    deep = valid_request(extra=json.loads("[" * 150 + "]" * 150))
+    with pytest.raises(ContractError, match="extra"):  # parsed, then refused by the schema
+        parse_request(encode(deep))
+
+
+@pytest.mark.parametrize("raw", ["a string", bytearray(b"{}"), 42])
+def test_values_that_are_not_bytes_are_invalid_requests(raw):
+    with pytest.raises(ContractError) as info:
+        parse_request(raw)
+    assert info.value.code is ErrorCode.INVALID_REQUEST
+
+
+def test_request_id_and_uri_are_recovered_from_invalid_requests():
+    uri = "ftp://host/a.mp4"
+    with pytest.raises(ContractError) as info:
+        parse_request(encode(valid_request(video_uri=uri)))
+    assert (info.value.request_id, info.value.video_uri) == ("req-1", uri)
+    with pytest.raises(ContractError) as info:
+        parse_request(encode(valid_request(schema_version="x" * 5000, video_uri=7)))
+    assert (info.value.request_id, info.value.video_uri) == ("req-1", "")
+    assert len(info.value.message) < 200  # the odd value is shortened in the message
+
+
 def test_sha256_is_normalised_to_lower_case():
     request = parse_request(encode(valid_request(sha256="AB" * 32)))
     assert request.sha256 == "ab" * 32

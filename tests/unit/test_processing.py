@@ -1,8 +1,7 @@
-"""The worker's per-request pipeline and message handler on a real tiny checkpoint (no Kafka)."""
+"""The worker's per-request pipeline on a real tiny checkpoint (no Kafka)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +14,8 @@ from models.backbones import build_backbone
 from models.checkpoint import save_checkpoint
 from models.ensemble import Ensemble
 from models.pipeline import Detector
-from producer.contracts import ErrorCode, VideoRequest, parse_verdict
+from producer.contracts import ErrorCode, VideoRequest
+from producer.digests import sha256_file
 from tests.checkpoints import make_checkpoint, tiny_spec
 from tests.videos import make_video
 from worker.cache import (
@@ -26,11 +26,9 @@ from worker.cache import (
     ResilientCache,
     prediction_key,
 )
-from worker.handler import MessageHandler
-from worker.messages import Inbound
 from worker.metrics import Metrics
 from worker.processing import ProcessingSettings, VideoProcessor
-from worker.sources import SourcePolicy, file_digest
+from worker.sources import SourcePolicy
 
 torch.set_num_threads(1)
 
@@ -211,7 +209,7 @@ def test_corrupt_cached_prediction_is_a_counted_miss_served_from_features(
     processor = build(detector, videos, metrics, store, errors)
     try:
         first = processor.process(request(clip, "c1"))
-        store.put(prediction_key(detector.model_digest, file_digest(clip)), b'{"format": 1}')
+        store.put(prediction_key(detector.model_digest, sha256_file(clip)), b'{"format": 1}')
         second = processor.process(request(clip, "c2"))
         third = processor.process(request(clip, "c3"))
     finally:
@@ -282,51 +280,3 @@ def test_unexpected_exceptions_become_internal_errors(
     assert verdict.error is not None
     assert verdict.error.code is ErrorCode.INTERNAL
     assert "cache backend bug" in verdict.error.message
-
-
-def inbound(value: bytes | None, offset: int = 7) -> Inbound:
-    return Inbound("requests", 2, offset, b"key", value, [("trace", b"t1")])
-
-
-@pytest.fixture
-def handler(processor: VideoProcessor, metrics: Metrics) -> MessageHandler:
-    return MessageHandler(processor, "verdicts", "dlq", "test-worker", metrics)
-
-
-def test_valid_message_yields_one_verdict_keyed_by_request_id(
-    handler: MessageHandler, videos: Path
-) -> None:
-    raw = request(videos / "clip2.mp4", "abc").to_bytes()
-    [record] = handler(inbound(raw))
-    assert record.topic == "verdicts"
-    assert record.key == b"abc"
-    assert parse_verdict(record.value).status == "ok"
-
-
-@pytest.mark.parametrize(
-    "raw", [b"not json", b"\xff\xfe\x00garbage", b"[1, 2]", b"x" * 70_000, None]
-)
-def test_poison_goes_to_the_dead_letter_topic_only(
-    handler: MessageHandler, metrics: Metrics, raw: bytes | None
-) -> None:
-    [record] = handler(inbound(raw))
-    assert record.topic == "dlq"
-    assert record.value == (raw or b"")
-    headers = dict(record.headers)
-    assert headers["dfd-error-code"] == b"INVALID_REQUEST"
-    assert headers["dfd-original-offset"] == b"7"
-    assert headers["trace"] == b"t1"
-    assert sample(metrics, "dfd_dlq_messages_total", {"code": "INVALID_REQUEST"}) == 1
-
-
-def test_invalid_request_with_an_id_also_gets_an_error_verdict(handler: MessageHandler) -> None:
-    raw = json.dumps(
-        {"schema_version": 1, "request_id": "bad-1", "video_uri": "ftp://host/a.mp4"}
-    ).encode()
-    dlq, verdict_record = handler(inbound(raw))
-    assert dict(dlq.headers)["dfd-error-code"] == b"UNSUPPORTED_SCHEME"
-    verdict = parse_verdict(verdict_record.value)
-    assert verdict_record.key == b"bad-1"
-    assert verdict.error is not None
-    assert verdict.error.code is ErrorCode.UNSUPPORTED_SCHEME
-    assert verdict.video_uri == "ftp://host/a.mp4"
