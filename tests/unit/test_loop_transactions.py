@@ -265,3 +265,20 @@ def test_exactly_once_settings_make_transactional_clients(tmp_path: Path) -> Non
     assert loop_settings(eos).transactions == TransactionSettings(0.05, 64, 10.0)
     with pytest.raises(ValidationError):
         WorkerSettings(**base, kafka={"transactional.id": "x"})  # type: ignore[arg-type]
+
+
+def test_a_fatal_error_raised_through_a_delivery_callback_fences() -> None:
+    h = Harness()
+
+    def flush(_timeout: float = 0) -> int:
+        # what confluent-kafka does when the producer is fenced while records are queued
+        try:
+            raise kafka_error(KafkaError._FENCED, fatal=True)
+        except Exception as exc:
+            raise SystemError("append returned a result with an exception set") from exc
+
+    h.producer.flush = flush  # type: ignore[method-assign]
+    h.step.send(h.task(P0, 0))
+    h.step.flush(1.0)
+    assert isinstance(h.step.failure, ProducerFenced)
+    assert h.producer.visible == [] and h.delivered == [("requests", 0, 0)]

@@ -123,7 +123,10 @@ class Transactions:
 
     def pump(self, timeout_s: float) -> None:
         """Serve the producer's callbacks for `timeout_s`, then commit if the cadence is due."""
-        self._producer.poll(timeout_s)
+        try:
+            self._producer.poll(timeout_s)
+        except KafkaException as exc:
+            self._fence(_error(exc))
         self.tick()
 
     def flush(self, timeout_s: float) -> int:
@@ -140,8 +143,9 @@ class Transactions:
         """Nothing to do: a task is done when the transaction holding it committed."""
 
     def pending(self, partitions: Iterable[PartitionKey] | None = None) -> int:
+        """Accepted messages not yet handled (handled ones are committed by `on_revoke`)."""
         chosen = self._open.keys() if partitions is None else partitions
-        return sum(len(self._open.get(p, ())) for p in chosen)
+        return sum(1 for p in chosen for task in self._open.get(p, {}).values() if task is None)
 
     def position(self, partition: PartitionKey) -> int | None:
         pending = self._open.get(partition)
@@ -245,7 +249,14 @@ class Transactions:
         for task in tasks:
             for index, record in enumerate(task.records):
                 self._produce(task, index, record, failed)
-        left = self._producer.flush(self._settings.timeout_s)
+        try:
+            left = self._producer.flush(self._settings.timeout_s)
+        except SystemError as exc:
+            # confluent-kafka raises a fatal error (a fenced producer) through the delivery
+            # callback it then still calls, which Python reports as a SystemError
+            if isinstance(exc.__cause__, KafkaException):
+                raise exc.__cause__ from None
+            raise
         if left:
             raise _RecordsFailed(f"{left} records not delivered within the timeout")
         if failed:
