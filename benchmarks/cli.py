@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "long-video": "benchmarks.long_video",
     "stages": "benchmarks.stages",
     "drills": "benchmarks.drills",
+    "delivery": "benchmarks.delivery",
 }
 
 
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="cpu", help="torch device of the benchmarks that take one (stages)"
     )
+    parser.add_argument(
+        "--delivery",
+        choices=("at-least-once", "exactly-once"),
+        default="at-least-once",
+        help="the workers' delivery guarantee (drills)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -53,7 +60,13 @@ def run_benchmark(name: str, context: Context) -> Report:
     workdir.mkdir(parents=True, exist_ok=True)
     return module.run(
         Context(
-            context.size, context.root, workdir, context.kafka, context.redis_url, context.device
+            context.size,
+            context.root,
+            workdir,
+            context.kafka,
+            context.redis_url,
+            context.device,
+            context.delivery,
         )
     )
 
@@ -65,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as temporary:
         root = (args.workdir or Path(temporary)).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        context = Context(args.size, root, root, args.kafka, args.redis, args.device)
+        context = Context(args.size, root, root, args.kafka, args.redis, args.device, args.delivery)
         reports = []
         for name in names:
             report = run_benchmark(name, context)

@@ -30,6 +30,7 @@ class Context:
     kafka: str | None = None
     redis_url: str | None = None
     device: str = "cpu"  # torch device of the benchmarks that take one (`stages`)
+    delivery: str = "at-least-once"  # the workers' DFD_DELIVERY where a benchmark takes it (drills)
 
     @property
     def dtype(self) -> ComputeDtype:

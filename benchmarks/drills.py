@@ -28,6 +28,7 @@ from confluent_kafka import Consumer
 
 from benchmarks.assets import drill_spec, synth_videos, write_checkpoint
 from benchmarks.context import Context
+from benchmarks.drills_eos import exactly_once_failures, extra_drills
 from benchmarks.report import Report
 from benchmarks.services import Services, open_services
 from benchmarks.traffic import Submitter, VerdictCollector, requests_for
@@ -43,7 +44,7 @@ REBALANCE_GRACE_S = 15.0
 SETTLE_TIMEOUT_S = 600.0
 SIZES = {
     "smoke": {"requests": 40, "clips": 6},
-    "full": {"requests": 240, "clips": 24},
+    "full": {"requests": 1000, "clips": 24},
 }
 POISON = (
     b"this is not json",
@@ -89,6 +90,7 @@ class Drill:
             cache_retry_after_s="2",
             drain_deadline_s="20",
             revoke_timeout_s="5",
+            delivery=ctx.delivery,
         )
         self.generation = 0
         self.workers: list[WorkerProcess] = [self._spawn(slot) for slot in range(WORKERS)]
@@ -192,7 +194,9 @@ def unexplained_duplicates(
 
 def run(ctx: Context) -> Report:
     size = SIZES[ctx.size]
-    report = ctx.report("drills", **size, workers=WORKERS, partitions=PARTITIONS)
+    report = ctx.report(
+        "drills", **size, workers=WORKERS, partitions=PARTITIONS, delivery=ctx.delivery
+    )
     checkpoint = write_checkpoint(ctx.workdir / "drills.safetensors", drill_spec())
     clips = synth_videos(
         ctx.workdir / "videos", size["clips"], frames=24, fps=12.0, seed=uuid.uuid4().int % 2**31
@@ -255,6 +259,7 @@ def run(ctx: Context) -> Report:
         report.failures.append(f"{len(lost)} requests lost: {lost[:10]}")
     if unexplained:
         report.failures.append(f"unexplained duplicates: {dict(list(unexplained.items())[:5])}")
+    report.failures += exactly_once_failures(ctx.delivery, duplicates)
     if valid_errors:
         report.failures.append(f"valid requests got error verdicts: {dict(valid_errors)}")
     if dlq < poison_acked:
@@ -291,6 +296,7 @@ def _stream_with_drills(
         lambda: drill.terminate(0),
         lambda: drill.kill(1),
         lambda: drill.kill(0),
+        *extra_drills(drill),
     ]
     chunk = -(-len(requests) // (len(drills) + 1))
     acked: list[str] = []

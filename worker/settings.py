@@ -102,8 +102,9 @@ class WorkerSettings(BaseSettings):
     )
     transaction_interval_ms: PositiveInt = Field(
         100,
-        description="Exactly-once: commit a transaction this long after its oldest finished "
-        "verdict (or at transaction-max-records, whichever first).",
+        description="Exactly-once: longest a finished verdict waits for others to share its "
+        "transaction (it commits at once when no other request is being handled, or at "
+        "transaction-max-records).",
     )
     transaction_max_records: PositiveInt = Field(
         64, description="Exactly-once: commit as soon as this many records are committable."

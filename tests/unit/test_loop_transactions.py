@@ -98,19 +98,29 @@ def test_only_the_finished_prefix_commits_with_its_offsets() -> None:
     assert h.step.position(P0) == 8
 
 
-def test_cadence_waits_for_the_interval_or_the_record_limit() -> None:
+def test_cadence_waits_for_the_interval_the_record_limit_or_an_idle_worker() -> None:
     h = Harness(TransactionSettings(interval_s=0.1, max_records=3, timeout_s=1.0))
+    busy = h.task(P1, 0)  # still being handled: a finished verdict may wait for it
     h.step.send(h.task(P0, 0))
     h.step.tick()
     assert h.producer.calls == []
     h.clock.now += 0.1
     h.step.tick()
     assert h.producer.committed_offsets == [("requests", 0, 1)]
+    h.task(P1, 1)
     h.step.send(h.task(P0, 1, "verdicts", "dlq"))
-    h.step.send(h.task(P1, 0))
+    h.step.send(busy)
     h.step.tick()  # three records: the limit, before the interval
     assert h.producer.committed_offsets[1:] == [("requests", 0, 2), ("requests", 1, 1)]
     assert h.producer.visible_values("dlq") == [b"dlq:0:1"]
+    h.step.tick()
+    assert len(h.producer.committed_offsets) == 3
+    h.step.send(h.task(P0, 2))
+    h.step.tick()  # P1's offset 1 is still being handled: wait
+    assert len(h.producer.committed_offsets) == 3
+    h.step.on_lost({P1})
+    h.step.tick()  # nothing else is being handled: no reason to wait
+    assert h.producer.committed_offsets[-1] == ("requests", 0, 3)
 
 
 def test_an_abortable_error_aborts_then_retries_after_backoff() -> None:

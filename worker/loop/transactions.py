@@ -5,8 +5,9 @@
 
 - a handled task is buffered, not produced; each partition's finished tasks wait for their
   contiguous prefix (a task finished out of order waits for the earlier offsets);
-- on a short cadence (`interval_s` after the oldest committable task finished, or as soon as
-  `max_records` records are committable, whichever first) one transaction produces the records of
+- on a short cadence (`interval_s` after the oldest committable task finished, as soon as
+  `max_records` records are committable, or at once when no accepted message is still being
+  handled - waiting would batch nothing) one transaction produces the records of
   every partition's finished prefix and sends the offsets one past each prefix with the consumer's
   group metadata (KIP-447 fencing), then commits. A record is only ever produced in the
   transaction that commits its offset, so a redelivered message's earlier records are either
@@ -154,8 +155,8 @@ class Transactions:
         return self._next.get(partition)
 
     def tick(self) -> None:
-        """Commit when the oldest committable task waited `interval_s` or `max_records` records
-        are committable."""
+        """Commit when the oldest committable task waited `interval_s`, `max_records` records
+        are committable, or nothing else is being handled."""
         self._commit_ready(force=False)
 
     def on_revoke(self, partitions: set[PartitionKey]) -> None:
@@ -199,6 +200,7 @@ class Transactions:
             not force
             and records < self._settings.max_records
             and now - oldest < self._settings.interval_s
+            and self.pending() > 0
         ):
             return
         if self._transact(ready, records):
