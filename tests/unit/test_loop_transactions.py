@@ -208,14 +208,17 @@ def test_revocation_commits_finished_work_and_drops_late_work() -> None:
     assert h.producer.committed_offsets == [("requests", 0, 1)]
     assert h.step.pending({P0}) == 0 and h.step.pending({P1}) == 1
     h.step.send(unfinished)  # finished after the revocation: the new owner redoes it
+    again, twice = h.task(P0, 1), h.task(P0, 1)  # reassigned: the message is tracked again
+    h.step.send(again)
+    h.step.send(twice)  # a second answer to the same offset is dropped, never produced
     h.step.flush(1.0)
-    assert h.producer.visible_values() == [b"verdicts:0:0"]
-    assert ("requests", 0, 1) in h.delivered
+    assert h.producer.visible_values() == [b"verdicts:0:0", b"verdicts:0:1"]
+    assert h.delivered.count(("requests", 0, 1)) == 3
     h.step.send(other)
     h.step.on_lost({P1})  # lost: another member owns it, nothing is committed
     h.step.flush(1.0)
-    assert h.producer.committed_offsets == [("requests", 0, 1)]
-    assert h.producer.visible_values() == [b"verdicts:0:0"]
+    assert h.producer.committed_offsets == [("requests", 0, 1), ("requests", 0, 2)]
+    assert h.producer.visible_values() == [b"verdicts:0:0", b"verdicts:0:1"]
 
 
 def test_the_loop_in_exactly_once_mode_commits_verdicts_with_offsets() -> None:

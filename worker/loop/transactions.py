@@ -114,10 +114,12 @@ class Transactions:
     # the produce step's interface ------------------------------------------------------------
 
     def send(self, task: Task) -> None:
-        """Buffer a handled task until its prefix is committed (dropped if its partition is gone:
-        the new owner redoes it)."""
+        """Buffer a handled task until its prefix is committed. Dropped (closed unproduced) when
+        its partition is gone - the new owner redoes it - or its offset is already answered (a
+        task from before a revocation and its redelivery after a reassignment)."""
         pending = self._open.get(task.partition)
-        if self.failure is not None or pending is None or task.offset not in pending:
+        waiting = pending is not None and task.offset in pending and pending[task.offset] is None
+        if self.failure is not None or pending is None or not waiting:
             self._on_delivered(task)
             return
         pending[task.offset] = task
