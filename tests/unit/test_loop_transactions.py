@@ -295,3 +295,22 @@ def test_a_fatal_error_raised_through_a_delivery_callback_fences() -> None:
     h.step.flush(1.0)
     assert isinstance(h.step.failure, ProducerFenced)
     assert h.producer.visible == [] and h.delivered == [("requests", 0, 0)]
+
+
+def test_an_abort_that_times_out_is_resumed_later() -> None:
+    h = Harness()
+    h.producer.errors["commit_transaction"] = [kafka_error(KafkaError._TIMED_OUT, abort=True)]
+    h.producer.errors["abort_transaction"] = [kafka_error(KafkaError._TIMED_OUT, retriable=True)]
+    h.step.send(h.task(P0, 0))
+    h.step.flush(1.0)
+    assert h.step.failure is None and h.producer.in_transaction  # the broker is away
+    h.clock.now += 1.1
+    h.step.tick()  # the abort resumes, then the work commits
+    assert h.producer.calls[-4:] == [
+        "abort_transaction",
+        "begin_transaction",
+        "send_offsets_to_transaction",
+        "commit_transaction",
+    ]
+    assert h.producer.committed_offsets == [("requests", 0, 1)]
+    assert h.count("aborted") == 1

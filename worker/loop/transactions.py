@@ -102,6 +102,7 @@ class Transactions:
         self._next: dict[PartitionKey, int] = {}
         self._aborts = 0
         self._retry_at = 0.0
+        self._abort_pending = False
         self._on_delivered: Callable[[Task], None] = lambda _task: None
         self._on_progress: Callable[[], None] = lambda: None
         self.failure: DeliveryFatal | None = None
@@ -192,6 +193,9 @@ class Transactions:
         now = self._clock()
         if not force and now < self._retry_at:
             return
+        if self._abort_pending and not self._finish_abort():
+            self._back_off()
+            return
         ready = self._ready()
         tasks = [task for prefix in ready.values() for task in prefix]
         if not tasks:
@@ -216,9 +220,12 @@ class Transactions:
             for task in tasks:
                 self._on_delivered(task)
         elif self.failure is None:
-            delay = min(self._delivery.max_backoff_s, self._delivery.backoff_s * 2**self._aborts)
-            self._aborts += 1
-            self._retry_at = self._clock() + delay
+            self._back_off()
+
+    def _back_off(self) -> None:
+        delay = min(self._delivery.max_backoff_s, self._delivery.backoff_s * 2**self._aborts)
+        self._aborts += 1
+        self._retry_at = self._clock() + delay
 
     def _transact(self, ready: dict[PartitionKey, list[Task]], records: int) -> bool:
         """One transaction of `ready`'s records and offsets; True when committed."""
@@ -329,12 +336,24 @@ class Transactions:
             return
         context = {"error": str(exc), "partitions": partitions, "aborts": self._aborts + 1}
         log.warning("transaction failed; aborting and retrying", extra=context)
+        self._abort_pending = True
+        self._finish_abort()
+
+    def _finish_abort(self) -> bool:
+        """Abort the open transaction; True when done. An abort that times out (the broker is
+        away) is resumed by calling it again, on the next due tick; a fatal error fences."""
         try:
-            self._retrying(lambda: self._producer.abort_transaction(self._settings.timeout_s))
-        except KafkaException as abort_exc:
-            self._fence(_error(abort_exc))
-            return
+            self._producer.abort_transaction(self._settings.timeout_s)
+        except KafkaException as exc:
+            error = _error(exc)
+            if error.fatal() or not error.retriable():
+                self._fence(error)
+            else:
+                log.warning("abort not finished; resumed later", extra={"error": error.name()})
+            return False
+        self._abort_pending = False
         self._metrics.transactions.labels(outcome="aborted").inc()
+        return True
 
     def _fence(self, error: KafkaError) -> None:
         """Stop producing for good; the buffered work is dropped (the new owner redoes it)."""
