@@ -58,19 +58,21 @@ def rebalance_storm(drill: Drill) -> None:
     with drill.event("rebalance-storm", group, redelivers=True) as event:
         deadline = time.monotonic() + STORM_S
         joins = 0
-        while time.monotonic() < deadline:
-            member = _member(drill.env["DFD_BOOTSTRAP_SERVERS"], group)
-            member.subscribe([drill.env["DFD_REQUESTS_TOPIC"]])
-            members.append(member)
-            joins += 1
-            until = time.monotonic() + STORM_PERIOD_S
-            while time.monotonic() < until:
-                for polled in members:
-                    polled.poll(0.1)
-            if len(members) > 1:
-                members.pop(0).close()
-        for member in members:
-            member.close()
+        try:
+            while time.monotonic() < deadline:
+                member = _member(drill.env["DFD_BOOTSTRAP_SERVERS"], group)
+                member.subscribe([drill.env["DFD_REQUESTS_TOPIC"]])
+                members.append(member)
+                joins += 1
+                until = time.monotonic() + STORM_PERIOD_S
+                while time.monotonic() < until:
+                    for polled in members:
+                        polled.poll(0.1)
+                if len(members) > 1:
+                    members.pop(0).close()
+        finally:
+            for member in members:
+                member.close()
         event.detail = f"{joins} members joined and left"
 
 
