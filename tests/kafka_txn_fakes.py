@@ -80,7 +80,9 @@ class FakeTxnProducer(FakeProducer):
         return [record.value for record in self.visible if record.topic == topic]
 
 
-def kafka_error(code: int, *, fatal: bool = False, retriable: bool = False, abort: bool = False):
+def kafka_error(
+    code: int, *, fatal: bool = False, retriable: bool = False, abort: bool = False
+) -> KafkaException:
     """A `KafkaException` carrying a `KafkaError` with the given flags."""
     return KafkaException(
         KafkaError(code, "injected", fatal=fatal, retriable=retriable, txn_requires_abort=abort)

@@ -184,13 +184,15 @@ def test_revocation_commits_finished_work(kafka_bootstrap: str, two_partitions: 
             requests.produce(topics.requests, key=name.encode(), value=b"{}", partition=partition)
     assert requests.flush(30) == 0
     handled: list[str] = []
-    # The last request of partition 1 stays in the handler: with work in flight, finished
-    # verdicts wait for the (hour-long) cadence, so only the revocation can commit them.
-    blocked, release = ids[1][-1], threading.Event()
+    # All eight are accepted before any finishes, and the last request of partition 1 stays in
+    # the handler: with work in flight, finished verdicts wait for the (hour-long) cadence, so
+    # only the revocation can commit them.
+    everyone, blocked, release = threading.Barrier(8), ids[1][-1], threading.Event()
 
     def handler(inbound: Inbound) -> list[Outbound]:
         request_id = (inbound.key or b"").decode()
         handled.append(request_id)
+        everyone.wait(60)
         if request_id == blocked:
             release.wait(120)
         return [Outbound(topics.verdicts, inbound.key, verdict_bytes(request_id), [])]
