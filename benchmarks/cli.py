@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "long-video": "benchmarks.long_video",
     "stages": "benchmarks.stages",
     "drills": "benchmarks.drills",
+    "delivery": "benchmarks.delivery",
 }
 
 
@@ -58,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="clips encoded as uploads (x264 defaults, B-frames) with a keyframe every 1 s, 2 s "
         "or 250 frames (default at 720p/1080p: 250)",
+    )
+    parser.add_argument(
+        "--delivery",
+        choices=("at-least-once", "exactly-once"),
+        default="at-least-once",
+        help="the workers' delivery guarantee (drills)",
     )
     parser.add_argument("--log-level", default="WARNING")
     return parser
@@ -87,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.device,
             resolution=args.resolution,
             gop=args.gop,
+            delivery=args.delivery,
         )
         reports = []
         for name in names:

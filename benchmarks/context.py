@@ -32,6 +32,7 @@ class Context:
     device: str = "cpu"  # torch device of the benchmarks that take one (`stages`)
     resolution: str = "160"  # clip size of `stages` and `pipeline` (benchmarks.assets)
     gop: str | None = None  # their keyframe interval (None: the synth's own 160 px clips)
+    delivery: str = "at-least-once"  # the workers' DFD_DELIVERY where a benchmark takes it (drills)
 
     @property
     def dtype(self) -> ComputeDtype:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from benchmarks.assets import drill_spec, synth_videos, write_checkpoint
 from benchmarks.context import Context
+from benchmarks.drills_eos import exactly_once_failures, extra_drills
 from benchmarks.hostile import (
     DeadLetter,
     DeadLetterCollector,
@@ -58,7 +59,7 @@ REBALANCE_GRACE_S = 15.0
 SETTLE_TIMEOUT_S = 600.0
 SIZES = {
     "smoke": {"requests": 40, "clips": 6, "flood": 24},
-    "full": {"requests": 240, "clips": 24, "flood": 300},
+    "full": {"requests": 1000, "clips": 24, "flood": 300},
 }
 """`flood`: hostile messages in the flood, and as many valid requests mixed in."""
 DRIP_REQUESTS = 2
@@ -112,6 +113,7 @@ class Drill:
             # The hard deadline of one download (ignored by workers without the setting): the
             # slow-drip requests are answered after it.
             http_total_timeout_s="20",
+            delivery=ctx.delivery,
         )
         self.generation = 0
         self.workers: list[WorkerProcess] = [self._spawn(slot) for slot in range(WORKERS)]
@@ -252,7 +254,9 @@ def unexplained_duplicates(
 
 def run(ctx: Context) -> Report:
     size = SIZES[ctx.size]
-    report = ctx.report("drills", **size, workers=WORKERS, partitions=PARTITIONS)
+    report = ctx.report(
+        "drills", **size, workers=WORKERS, partitions=PARTITIONS, delivery=ctx.delivery
+    )
     checkpoint = write_checkpoint(ctx.workdir / "drills.safetensors", drill_spec())
     clips = synth_videos(
         ctx.workdir / "videos", size["clips"], frames=24, fps=12.0, seed=uuid.uuid4().int % 2**31
@@ -411,6 +415,7 @@ def _judge(
         report.failures.append(f"{len(unanswered)} hostile messages unanswered: {unanswered[:5]}")
     if unexplained:
         report.failures.append(f"unexplained duplicates: {dict(list(unexplained.items())[:5])}")
+    report.failures += exactly_once_failures(drill.ctx.delivery, duplicates)
     if valid_errors:
         report.failures.append(f"valid requests got error verdicts: {dict(valid_errors)}")
     if set(drip_codes) - {"TIMEOUT", "FETCH_FAILED"}:
@@ -487,6 +492,7 @@ class Stream:
             lambda: drill.terminate(0),
             lambda: drill.kill(1),
             lambda: drill.kill(0),
+            *extra_drills(drill),
         ]
         requests = self.take(self.size["requests"])
         chunk = -(-len(requests) // (len(drills) + 1))

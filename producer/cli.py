@@ -77,7 +77,11 @@ def cmd_results(args: argparse.Namespace) -> int:
     start = "beginning" if args.from_beginning else "end"
     try:
         reader = VerdictReader(
-            args.bootstrap_servers, topic=args.topic, start=start, timeout_s=args.timeout
+            args.bootstrap_servers,
+            topic=args.topic,
+            start=start,
+            timeout_s=args.timeout,
+            read_uncommitted=args.read_uncommitted,
         )
     except BrokerUnavailable as exc:
         return _fail(str(exc))
@@ -151,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-beginning",
         action="store_true",
         help="read the topic from its start instead of new verdicts only",
+    )
+    results.add_argument(
+        "--read-uncommitted",
+        action="store_true",
+        help="also show verdicts of open or aborted transactions (default: committed only)",
     )
     results.set_defaults(run=cmd_results)
 

@@ -181,7 +181,11 @@ class RequestPublisher:
 
 
 class VerdictReader:
-    """Reads verdicts from every partition of the verdict topic without joining a group."""
+    """Reads verdicts from every partition of the verdict topic without joining a group.
+
+    Only verdicts of committed transactions are read (`isolation.level=read_committed`, what a
+    worker in exactly-once mode needs); `read_uncommitted=True` also shows open and aborted ones.
+    """
 
     def __init__(
         self,
@@ -191,8 +195,10 @@ class VerdictReader:
         start: Start = "end",
         timeout_s: float = 30.0,
         config: Mapping[str, Any] | None = None,
+        read_uncommitted: bool = False,
     ) -> None:
         base = {"bootstrap.servers": bootstrap_servers, **(config or {})}
+        isolation = "read_uncommitted" if read_uncommitted else "read_committed"
         check_broker(base, timeout_s)
         self._consumer = Consumer(
             {
@@ -200,6 +206,7 @@ class VerdictReader:
                 "group.id": f"dfd-verdict-reader-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
+                "isolation.level": isolation,
                 "logger": log,
             }
         )

@@ -4,7 +4,9 @@ Startup order makes `/readyz` honest: the health port opens first (unready), the
 loads and the broker and topics are checked (any failing exits with `EXIT_STARTUP` and a clear
 message), then the poll loop starts. SIGTERM/SIGINT stop polling; the loop drains, flushes, commits
 and closes. When not even the dead-letter topic can take a record the loop stops and the process
-exits with `EXIT_DELIVERY` (the message's offset is not committed: it is redelivered).
+exits with `EXIT_DELIVERY` (the message's offset is not committed: it is redelivered). In
+exactly-once mode a fenced (or fatally failed) transactional producer exits with `EXIT_FENCED`
+after dropping its uncommitted work: the supervisor restarts it, with a fresh producer epoch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from models.errors import CheckpointError, WeightsError
 from models.pipeline import Detector
 from models.spec import PipelineSpec
 from worker.cache import LruFeatureCache, RedisFeatureCache, ResilientCache
-from worker.consumer import DeliveryFatal, LoopSettings, StartupError, StreamWorker
+from worker.consumer import (
+    DeliveryFatal,
+    LoopSettings,
+    ProducerFenced,
+    StartupError,
+    StreamWorker,
+    TransactionSettings,
+)
 from worker.decoding import build_decoder
 from worker.handler import MessageHandler
 from worker.health import HealthServer
@@ -38,6 +47,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_STARTUP = 2
 EXIT_DELIVERY = 3
+EXIT_FENCED = 4
 
 
 def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
@@ -53,7 +63,21 @@ def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
         "max.poll.interval.ms": settings.max_poll_interval_ms,
         "partition.assignment.strategy": "cooperative-sticky",
         **settings.kafka,
+        **exactly_once_consumer_config(settings),
     }
+
+
+def exactly_once_consumer_config(settings: WorkerSettings) -> dict[str, Any]:
+    """Exactly-once: offsets are committed by the producer's transactions only, and only
+    committed records are read."""
+    if settings.delivery != "exactly-once":
+        return {}
+    return {"enable.auto.commit": False, "isolation.level": "read_committed"}
+
+
+def transactional_id(settings: WorkerSettings) -> str:
+    """The worker's `transactional.id`: unique per worker, stable for a stable `worker_id`."""
+    return f"dfd-{settings.group_id}-{settings.worker_id}"
 
 
 def producer_config(settings: WorkerSettings) -> dict[str, Any]:
@@ -67,6 +91,14 @@ def producer_config(settings: WorkerSettings) -> dict[str, Any]:
         # Verdicts are few and latency-bound: send each at once rather than waiting to batch.
         "linger.ms": 0,
         **{key: value for key, value in settings.kafka.items() if key not in consumer_only},
+        **(
+            {
+                "transactional.id": transactional_id(settings),
+                "transaction.timeout.ms": settings.transaction_timeout_ms,
+            }
+            if settings.delivery == "exactly-once"
+            else {}
+        ),
     }
 
 
@@ -149,6 +181,13 @@ def loop_settings(settings: WorkerSettings) -> LoopSettings:
         delivery_retries=settings.delivery_retries,
         delivery_backoff_s=settings.delivery_backoff_s,
         stall_timeout_s=settings.stall_timeout_s,
+        transactions=TransactionSettings(
+            interval_s=settings.transaction_interval_ms / 1000,
+            max_records=settings.transaction_max_records,
+            timeout_s=settings.transaction_timeout_ms / 1000,
+        )
+        if settings.delivery == "exactly-once"
+        else None,
     )
 
 
@@ -274,6 +313,9 @@ class WorkerApp:
         log.info("worker started", extra={"worker_id": settings.worker_id})
         try:
             stream.run()
+        except ProducerFenced as exc:
+            log.critical("worker stopped: transactions fenced", extra={"reason": str(exc)})
+            return EXIT_FENCED
         except DeliveryFatal as exc:
             log.critical("worker stopped: delivery failed fatally", extra={"reason": str(exc)})
             return EXIT_DELIVERY

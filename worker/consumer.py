@@ -38,12 +38,20 @@ from worker.loop.startup import (
     max_message_bytes,
 )
 from worker.loop.task import Task
+from worker.loop.transactions import ProducerFenced, Transactions, TransactionSettings
 from worker.metrics import Metrics
 from worker.offsets import CommitStep, OffsetCommitter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeliveryFatal", "LoopSettings", "StartupError", "StreamWorker"]
+__all__ = [
+    "DeliveryFatal",
+    "LoopSettings",
+    "ProducerFenced",
+    "StartupError",
+    "StreamWorker",
+    "TransactionSettings",
+]
 
 _POLL_S = 0.05
 # While requests are in flight the loop polls briefly, so that a finished verdict is produced
@@ -66,6 +74,8 @@ class LoopSettings:
     delivery_retries: int
     delivery_backoff_s: float
     stall_timeout_s: float
+    transactions: TransactionSettings | None = None
+    """Exactly-once delivery (`worker.loop.transactions`) when set, else at-least-once."""
 
 
 class BrokerStatus:
@@ -105,18 +115,26 @@ class StreamWorker:
         self._commit = commit or OffsetCommitter(consumer)
         self._progress = Progress()
         self._run_step = RunInThreads(handler, settings.max_inflight, settings.dlq_topic, metrics)
-        self._delivery = Delivery(
+        delivery_settings = DeliverySettings(
+            dlq_topic=settings.dlq_topic,
+            dlq_max_bytes=dlq_max_bytes,
+            retries=settings.delivery_retries,
+            backoff_s=settings.delivery_backoff_s,
+        )
+        self._delivery: Delivery | Transactions = Delivery(
             producer,
-            DeliverySettings(
-                dlq_topic=settings.dlq_topic,
-                dlq_max_bytes=dlq_max_bytes,
-                retries=settings.delivery_retries,
-                backoff_s=settings.delivery_backoff_s,
-            ),
+            delivery_settings,
             metrics,
             on_delivered=self._finish,
             on_progress=self._progress.moved,
         )
+        if settings.transactions is not None:
+            # exactly-once: one step produces and commits, in transactions
+            transactions = Transactions(
+                producer, consumer, settings.transactions, delivery_settings, metrics
+            )
+            transactions.bind(on_delivered=self._finish, on_progress=self._progress.moved)
+            self._delivery = self._commit = transactions
         self._backpressure = Backpressure(consumer, settings.max_inflight, metrics)
         self._rebalance = Rebalance(
             self._commit, self._backpressure, self._pump, metrics, settings.revoke_timeout_s
@@ -156,6 +174,11 @@ class StreamWorker:
             admin, settings.dlq_topic, client_message_limit(producer_config), timeout_s
         )
         log.info("dead-letter record limit", extra={"topic": settings.dlq_topic, "bytes": limit})
+        if settings.transactions is not None:
+            try:
+                producer.init_transactions(timeout_s)
+            except KafkaException as exc:
+                raise StartupError(f"cannot initialise transactions: {exc}") from None
         return cls(
             consumer, producer, handler, settings, metrics, broker=broker, dlq_max_bytes=limit
         )

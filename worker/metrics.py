@@ -200,6 +200,26 @@ class Metrics:
             registry=registry,
         )
 
+        # Exactly-once delivery (worker/loop/transactions.py); silent in at-least-once mode.
+        self.transactions = Counter(
+            "dfd_transactions",
+            "Kafka transactions of verdicts and offsets, by outcome (committed or aborted)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.transaction_seconds = Histogram(
+            "dfd_transaction_seconds",
+            "Time from beginning to committing (or aborting) one Kafka transaction",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.transaction_records = Histogram(
+            "dfd_transaction_records",
+            "Records (verdicts and dead-letter copies) per committed Kafka transaction",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
         for stage in BATCH_STAGES:
@@ -208,6 +228,8 @@ class Metrics:
             self.batch_queue_seconds.labels(stage=stage)
         for reason in ("timeout", "crash"):
             self.decode_restarts.labels(reason=reason)
+        for outcome in ("committed", "aborted"):
+            self.transactions.labels(outcome=outcome)
 
     def set_model(self, name: str, version: str, spec_hash: str) -> None:
         """Publish the loaded model's identity (replaces any earlier one)."""

@@ -33,6 +33,9 @@ RESERVED_KAFKA_KEYS = frozenset(
         "auto.offset.reset",
         "max.poll.interval.ms",
         "client.id",
+        "isolation.level",
+        "transactional.id",
+        "transaction.timeout.ms",
     }
 )
 # Delivery guarantees the worker always sets (acks=all, idempotence on): not overridable.
@@ -97,6 +100,26 @@ class WorkerSettings(BaseSettings):
     )
     delivery_backoff_s: PositiveFloat = Field(
         1.0, description="Wait before the first delivery retry; doubles each time (at most 30 s)."
+    )
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once",
+        description="Verdict delivery guarantee: at-least-once (a crash or rebalance may repeat "
+        "a verdict) or exactly-once (verdicts and offsets committed in Kafka transactions; "
+        "readers must use isolation.level=read_committed).",
+    )
+    transaction_interval_ms: PositiveInt = Field(
+        100,
+        description="Exactly-once: longest a finished verdict waits for others to share its "
+        "transaction (it commits at once when no other request is being handled, or at "
+        "transaction-max-records).",
+    )
+    transaction_max_records: PositiveInt = Field(
+        64, description="Exactly-once: commit as soon as this many records are committable."
+    )
+    transaction_timeout_ms: PositiveInt = Field(
+        10_000,
+        description="Exactly-once: Kafka transaction.timeout.ms, and the limit of each "
+        "transactional call; the broker aborts a dead worker's open transaction after it.",
     )
 
     # Model and compute

@@ -291,6 +291,25 @@ PANELS: tuple[Panel, ...] = (
         "A worker with open requests and no progress past DFD_STALL_TIMEOUT_S fails /healthz "
         "and is restarted (alert DfdWorkerStalled).",
     ),
+    # Exactly-once delivery (DFD_DELIVERY=exactly-once): Kafka transactions.
+    Graph(
+        "Transactions/s by outcome",
+        "ops",
+        (Query(rate("dfd_transactions_total", ["outcome"]), "{{outcome}}"),),
+        "Kafka transactions of verdicts, DLQ copies and offsets (alert DfdTransactionsAborting). "
+        "Empty in at-least-once mode.",
+    ),
+    Graph(
+        "Transaction duration and records per transaction",
+        "short",
+        (
+            Query(quantile(0.95, "dfd_transaction_seconds"), "p95 seconds"),
+            Query(mean("dfd_transaction_records"), "mean records"),
+        ),
+        "Time from begin to commit (p95, seconds) and records (verdicts and DLQ copies) per "
+        "committed transaction: the verdict latency exactly-once adds is about "
+        "DFD_TRANSACTION_INTERVAL_MS plus this duration.",
+    ),
     # The decode process pool (models/decode_pool.py).
     Graph(
         "Decode processes busy / decodes queued",

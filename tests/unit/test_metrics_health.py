@@ -55,6 +55,9 @@ EXPECTED_FAMILIES = {
     "dfd_ready": "gauge",
     "dfd_gpu_memory_bytes": "gauge",
     "dfd_model_info": "gauge",
+    "dfd_transactions": "counter",
+    "dfd_transaction_seconds": "histogram",
+    "dfd_transaction_records": "histogram",
 }
 
 

@@ -28,3 +28,10 @@ def test_results_without_request_ids_reads_everything() -> None:
 def test_request_id_needs_a_value() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["results", "--bootstrap-servers", "k:9092", "--request-id"])
+
+
+def test_results_reads_committed_verdicts_unless_told_otherwise() -> None:
+    parse = build_parser().parse_args
+    assert parse(["results", "--bootstrap-servers", "k:9092"]).read_uncommitted is False
+    flags = ["results", "--bootstrap-servers", "k:9092", "--read-uncommitted"]
+    assert parse(flags).read_uncommitted is True
