@@ -28,6 +28,9 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "synth": Command("training.commands.synth", "generate a labelled synthetic dataset (offline)"),
     "index": Command("training.commands.index", "build a grouped train/val/test manifest"),
+    "finetune": Command(
+        "training.commands.finetune", "train a backbone on face crops with self-blended fakes"
+    ),
     "extract": Command("training.commands.extract", "frames -> face crops -> backbone features"),
     "train": Command("training.commands.train", "train the ensemble members on a feature store"),
     "evaluate": Command(

@@ -70,6 +70,7 @@ def _training_metadata(store: FeatureStore, run: Path, report: dict[str, Any]) -
     return {
         "dataset": {"store": str(store.root.absolute()), "videos": counts},
         "store": json.loads(store.spec.model_dump_json()),
+        "backbone_training": store.backbone_record(),
         "run": json.loads(read_config(run).model_dump_json()),
         "metrics": {name: model["test"] for name, model in report["models"].items()},
         "ensemble_beats_every_member": report["ensemble_beats_every_member"],

@@ -17,13 +17,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from rich.progress import track
 from torch import nn
 
-from models.backbones import FrameEmbedder, build_backbone, weights_digest
+from models.backbones import FILE_PREFIX, FrameEmbedder, build_backbone, weights_digest
 from models.errors import PipelineError
 from models.faces import FaceCropper
 from models.pipeline import kept_frames
@@ -34,6 +34,7 @@ from models.spec import (
 from models.video import DecodedVideo, decode_frames
 from training.augment import augment_view, stable_seed
 from training.features import MANIFEST_FILE, FeatureStore, SpecMismatch, StoreSpec, ViewFeatures
+from training.finetune import finetune_record
 from training.manifest import ManifestRow
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,15 @@ def open_store(
     spec, module = prepare_backbone(spec, root, train, limits or DecodeLimits())
     store = FeatureStore.create_or_resume(root, spec, shard_videos=shard_videos)
     if not store.has_backbone():
-        store.save_backbone(module)
+        store.save_backbone(module, weights_record(spec.backbone))
     return store, module
+
+
+def weights_record(spec: BackboneSpec) -> dict[str, Any]:
+    """How `file:` weights were made: the record `finetune` stores in its weights file."""
+    if not spec.weights.startswith(FILE_PREFIX):
+        return {}
+    return finetune_record(Path(spec.weights.removeprefix(FILE_PREFIX)))
 
 
 def extract(
