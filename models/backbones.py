@@ -40,6 +40,7 @@ from models.transfer import to_device
 
 _ARCHS: dict[str, tuple[Callable[..., nn.Module], WeightsEnum, str]] = {
     "resnet50": (tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V2, "fc"),
+    "resnet18": (tv.resnet18, tv.ResNet18_Weights.IMAGENET1K_V1, "fc"),
     "mobilenet_v3_large": (
         tv.mobilenet_v3_large,
         tv.MobileNet_V3_Large_Weights.IMAGENET1K_V2,
@@ -213,7 +214,7 @@ class FrameEmbedder:
         self.spec = spec
         self.device = torch.device(device)
         self.max_batch = max_batch
-        self._autocast_dtype = _autocast_dtype(spec.dtype, self.device)
+        self._autocast_dtype = autocast_dtype(spec.dtype, self.device)
         self._memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         self.module = module.to(self.device, memory_format=self._memory_format).eval()
         self.compiled = compile
@@ -264,7 +265,7 @@ class FrameEmbedder:
         return features[:1].float().cpu() if single else features.float().cpu()
 
 
-def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for the spec's compute dtype, or an error if the device lacks it."""
     if dtype == "float32":
         return None

@@ -22,11 +22,14 @@ from pydantic import (
 
 FEATURE_FORMAT = 1
 
-BackboneArch = Literal["resnet50", "mobilenet_v3_large", "efficientnet_b0", "mtcnn_onet"]
+BackboneArch = Literal[
+    "resnet50", "resnet18", "mobilenet_v3_large", "efficientnet_b0", "mtcnn_onet"
+]
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
 FEATURE_DIMS: dict[str, int] = {
     "resnet50": 2048,
+    "resnet18": 512,
     "mobilenet_v3_large": 960,
     "efficientnet_b0": 1280,
     "mtcnn_onet": 256,

@@ -1,9 +1,10 @@
 """`python -m training <command>`: an argparse subcommand registry with lazy imports.
 
-To add a command, give its module `add_parser(subparsers) -> argparse.ArgumentParser` (registering
-the same name) and `run(args) -> int`, and list it in `COMMANDS`. Only the chosen command's module
-is imported, so light commands do not pay for torch. Commands print one JSON object per line on
-stdout and log to stderr.
+Every command is a module of `training/commands/` with `add_parser(subparsers) ->
+argparse.ArgumentParser` (registering the same name) and `run(args) -> int`, listed in `COMMANDS`;
+the work itself lives in the library modules of `training/`, which hold no argument parsing.
+Only the chosen command's module is imported, so light commands do not pay for torch. Commands
+print one JSON object per line on stdout and log to stderr.
 """
 
 from __future__ import annotations
@@ -27,14 +28,21 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "synth": Command("training.commands.synth", "generate a labelled synthetic dataset (offline)"),
     "index": Command("training.commands.index", "build a grouped train/val/test manifest"),
-    "extract": Command("training.extract", "frames -> face crops -> backbone features"),
-    "train": Command("training.train", "train the ensemble members on a feature store"),
-    "evaluate": Command(
-        "training.evaluate", "calibrate on VAL, report members and ensemble on TEST"
+    "finetune": Command(
+        "training.commands.finetune", "train a backbone on face crops with self-blended fakes"
     ),
-    "export": Command("training.export", "write the evaluated ensemble as one checkpoint"),
-    "explain": Command("training.explain", "attention heatmap strip of one video's face crops"),
-    "demo": Command("training.demo", "synth + index + extract + train + evaluate + export"),
+    "extract": Command("training.commands.extract", "frames -> face crops -> backbone features"),
+    "train": Command("training.commands.train", "train the ensemble members on a feature store"),
+    "evaluate": Command(
+        "training.commands.evaluate", "calibrate on VAL, report members and ensemble on TEST"
+    ),
+    "export": Command("training.commands.export", "write the evaluated ensemble as one checkpoint"),
+    "explain": Command(
+        "training.commands.explain", "attention heatmap strip of one video's face crops"
+    ),
+    "demo": Command(
+        "training.commands.demo", "synth + index + extract + train + evaluate + export"
+    ),
 }
 
 

@@ -9,7 +9,6 @@ the run resume on their own).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -24,8 +23,9 @@ from training.extract import extract, open_store
 from training.features import StoreSpec
 from training.index import build_manifest, scan_csv
 from training.manifest import read_manifest, write_manifest
+from training.runs import TrainConfig
 from training.synth import generate_dataset
-from training.train import MEMBER_BASE, TrainConfig, parse_members, train_run
+from training.train import MEMBER_BASE, parse_members, train_run
 
 logger = logging.getLogger(__name__)
 
@@ -92,22 +92,3 @@ def run_demo(out: Path, videos: int, seed: int, frames: int, epochs: int) -> dic
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "total_seconds": round(time.perf_counter() - started, 1),
     }
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `demo`."""
-    parser = subparsers.add_parser(
-        "demo", help="synth + index + extract + train + evaluate + export into DIR/demo.ckpt"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="demo directory")
-    parser.add_argument("--videos", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frames", type=int, default=36, help="uniform frames per video")
-    parser.add_argument("--epochs", type=int, default=40)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run `demo` and print its summary as a JSON line."""
-    print(json.dumps(run_demo(args.out, args.videos, args.seed, args.frames, args.epochs)))
-    return 0

@@ -14,15 +14,12 @@ checkpoint computes on the same files.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import (
     accuracy_score,
@@ -39,7 +36,8 @@ from models.heads import build_member
 from models.spec import EnsembleSpec
 from training.features import FeatureStore, StoreEntry, dump_json
 from training.plots import plot_confusion, plot_roc_curves
-from training.train import aggregate_probabilities, load_member, read_config, window_logits
+from training.runs import load_member, read_config
+from training.scoring import aggregate_probabilities, window_logits
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -200,30 +198,3 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     verdict = "beats" if report["ensemble_beats_every_member"] else "does NOT beat"
     lines += ["", f"The ensemble {verdict} every member on TEST ROC-AUC.", ""]
     return "\n".join(lines)
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `evaluate`."""
-    parser = subparsers.add_parser(
-        "evaluate", help="calibrate on VAL, report members and ensemble on TEST"
-    )
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--run", dest="run_dir", type=Path, required=True, help="run directory")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run `evaluate` and print a JSON summary line."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report = evaluate_run(FeatureStore.open(args.store), args.run_dir)
-    summary = {
-        "command": "evaluate",
-        "temperature": report["temperature"],
-        "threshold": report["threshold"],
-        "test_roc_auc": {name: m["test"]["roc_auc"] for name, m in report["models"].items()},
-        "ensemble_beats_every_member": report["ensemble_beats_every_member"],
-    }
-    print(json.dumps(summary))
-    return 0

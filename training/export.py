@@ -8,7 +8,6 @@ digest included), the run's members, and the temperature and ensemble threshold 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from models.spec import EnsembleSpec, PipelineSpec
 from training.dataset_card import store_card
 from training.evaluate import ENSEMBLE, REPORT_JSON
 from training.features import FeatureStore, FeatureStoreError
-from training.train import load_member, read_config
+from training.runs import load_member, read_config
 
 
 class ExportError(FeatureStoreError):
@@ -74,6 +73,7 @@ def _training_metadata(store: FeatureStore, run: Path, report: dict[str, Any]) -
     return {
         "dataset": {"store": str(store.root.absolute()), "videos": counts},
         "store": json.loads(store.spec.model_dump_json()),
+        "backbone_training": store.backbone_record(),
         "run": json.loads(read_config(run).model_dump_json()),
         "metrics": {name: model["test"] for name, model in report["models"].items()},
         "ensemble_beats_every_member": report["ensemble_beats_every_member"],
@@ -81,30 +81,3 @@ def _training_metadata(store: FeatureStore, run: Path, report: dict[str, Any]) -
         "calibration": {"temperature": report["temperature"], "split": "val"},
         "test_metrics_of": ENSEMBLE,
     }
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `export`."""
-    parser = subparsers.add_parser("export", help="write the evaluated ensemble as one checkpoint")
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--run", dest="run_dir", type=Path, required=True, help="run directory")
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    parser.add_argument("--name", default="dfd-ensemble")
-    parser.add_argument("--version", default="0")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run `export` and print a JSON summary line."""
-    spec = export_run(
-        FeatureStore.open(args.store), args.run_dir, args.out, name=args.name, version=args.version
-    )
-    summary = {
-        "command": "export",
-        "checkpoint": str(args.out),
-        "spec_hash": spec.spec_hash,
-        "threshold": spec.threshold,
-        "temperature": spec.temperature,
-    }
-    print(json.dumps(summary))
-    return 0

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 STORE_FORMAT = 2  # 2: video paths relative to the manifest's directory
 MANIFEST_FILE = "store.json"
 BACKBONE_FILE = "backbone.safetensors"
+BACKBONE_RECORD_KEY = "backbone_record"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
 
 
@@ -256,10 +258,18 @@ class FeatureStore:
         """Entries of one split (only view 0 when `clean_only`), in store order."""
         return [e for e in self.entries if e.split == split and not (clean_only and e.view)]
 
-    def save_backbone(self, module: nn.Module) -> None:
-        """Store the weights of the backbone that makes this store's features."""
+    def save_backbone(self, module: nn.Module, record: Mapping[str, object] | None = None) -> None:
+        """Store the weights of the backbone that makes this store's features, with the record
+        of how they were made (e.g. `finetune`'s), if any."""
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        save_file(state, str(self.root / BACKBONE_FILE))
+        metadata = {BACKBONE_RECORD_KEY: json.dumps(record)} if record else None
+        save_file(state, str(self.root / BACKBONE_FILE), metadata=metadata)
+
+    def backbone_record(self) -> dict[str, object]:
+        """The record stored with the backbone weights (empty when there is none)."""
+        with safe_open(str(self.root / BACKBONE_FILE), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return json.loads(metadata[BACKBONE_RECORD_KEY]) if BACKBONE_RECORD_KEY in metadata else {}
 
     def has_backbone(self) -> bool:
         return (self.root / BACKBONE_FILE).is_file()

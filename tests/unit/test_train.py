@@ -11,23 +11,24 @@ import torch
 
 from models.heads import build_member, pad_sequences
 from models.spec import MemberSpec
+from training.commands.train import add_parser, config_from_args
+from training.runs import TrainConfig
+from training.scoring import (
+    EarlyStopping,
+    aggregate_probabilities,
+    random_window,
+    window_logits,
+    windows,
+)
 from training.train import (
     MEMBER_BASE,
-    EarlyStopping,
     Sample,
-    TrainConfig,
-    add_parser,
-    aggregate_probabilities,
     batches,
     class_weights,
-    config_from_args,
     epoch_order,
     feature_statistics,
     parse_members,
-    random_window,
     train_member,
-    window_logits,
-    windows,
 )
 
 TINY = MemberSpec(name="lstm8", kind="lstm", hidden_size=8, num_layers=1, dropout=0.0, fc_dims=(8,))

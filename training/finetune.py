@@ -1,0 +1,379 @@
+"""`finetune`: train a backbone as a frame-level real/fake classifier on TRAIN face crops.
+
+Fakes are self-blended images made on the fly from the real crops (`training.selfblend`), plus
+the dataset's own fake crops when it has them (`dataset_fakes`). Every image then gets a random
+horizontal flip and, with probability `jpeg_p`, a JPEG re-compression, so neither is a cue.
+Validation scores each VAL video by the mean fake probability of its crops; the epoch with the
+best VAL ROC-AUC gives the output weights. As in torchvision's reference scripts, one epoch is
+`train_one_epoch` and validation is `evaluate`.
+
+The output directory holds `backbone.safetensors` (the headless backbone of the best epoch, with
+the finetune record in its metadata: what `extract --weights file:PATH` reads), `finetune.json`
+(the record and the per-epoch history), `log.jsonl`, the crop caches `crops-{train,val}.safetensors`
+(cut once per run) and `state.safetensors` + `state.json` (the last epoch, to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from models.backbones import ComputeDtypeError, autocast_dtype, build_backbone, weights_digest
+from models.spec import BackboneSpec, FaceSpec, SamplingSpec
+from training.augment import jpeg_roundtrip, stable_seed
+from training.crops import CropSet, cut_crops, load_crops, save_crops
+from training.features import dump_json
+from training.manifest import ManifestRow
+from training.scoring import EarlyStopping, roc_auc, video_nll
+from training.selfblend import BlendSpec, self_blend
+from training.train import batches, class_weights, copy_state
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "backbone.safetensors"
+RECORD_FILE = "finetune.json"
+LOG_FILE = "log.jsonl"
+STATE_FILE = "state.safetensors"
+PROGRESS_FILE = "state.json"
+RECORD_KEY = "dfd_finetune"
+"""Metadata key of the finetune record in the weights file (read by `finetune_record`)."""
+
+
+class FinetuneConfig(BaseModel):
+    """Settings of one fine-tuning run (saved in the record)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backbone: BackboneSpec = BackboneSpec(arch="resnet50", weights="imagenet", input_size=224)
+    face: FaceSpec = FaceSpec(no_face="full_frame", box_smoothing_s=0.5)
+    frames: int = Field(16, ge=1, description="uniform frames per TRAIN and VAL video")
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=2, description="crops per batch, before the blended twins")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(3, ge=1)
+    seed: int = 0
+    dataset_fakes: bool = True
+    blend: BlendSpec = BlendSpec()
+    flip_p: float = Field(0.5, ge=0.0, le=1.0)
+    jpeg_p: float = Field(0.3, ge=0.0, le=1.0)
+    jpeg_quality: tuple[int, int] = (40, 95)
+    amp: Literal["auto", "bfloat16", "off"] = Field(
+        "auto", description="bfloat16 autocast: 'auto' uses it where the device supports it"
+    )
+    threads: int = Field(0, ge=0)
+
+
+class FrameClassifier(nn.Module):
+    """A backbone and a linear real/fake head: `[N, 3, S, S]` uint8 crops -> `[N, 2]` logits."""
+
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(spec.feature_dim, 2)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, crops: Tensor) -> Tensor:
+        pixels = (crops.float() / 255.0 - self.mean) / self.std
+        return self.head(self.backbone(pixels))
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the `amp` setting on `device` (None: full precision)."""
+    if amp == "off":
+        return None
+    try:
+        return autocast_dtype("bfloat16", device)
+    except ComputeDtypeError:
+        if amp == "bfloat16":
+            raise
+        return None
+
+
+def training_batch(
+    crops: CropSet,
+    indices: np.ndarray,
+    config: FinetuneConfig,
+    rng: np.random.Generator,
+) -> tuple[Tensor, Tensor]:
+    """The images and targets of one step: the crops at `indices`, a self-blended twin of each
+    real one, then flips and JPEG re-compression."""
+    targets = crops.frame_targets()
+    images, labels = [], []
+    for index in indices.tolist():
+        crop = crops.crops[index]
+        images.append(crop)
+        labels.append(int(targets[index]))
+        if labels[-1] == 0:
+            images.append(self_blend(crop, config.blend, rng).image)
+            labels.append(1)
+    out = []
+    for image in images:
+        if rng.random() < config.flip_p:
+            image = TF.horizontal_flip(image)
+        if rng.random() < config.jpeg_p:
+            quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
+            image = jpeg_roundtrip(image[None], quality)[0]
+        out.append(image)
+    return torch.stack(out), torch.tensor(labels, dtype=torch.int64)
+
+
+def train_one_epoch(
+    model: FrameClassifier,
+    crops: CropSet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: FinetuneConfig,
+    rng: np.random.Generator,
+    weights: Tensor,
+    device: torch.device,
+) -> float:
+    """One pass over the TRAIN crops (each real crop with its blended twin); the mean loss."""
+    model.train()
+    dtype = amp_dtype(config.amp, device)
+    total, count = 0.0, 0
+    for indices in batches(rng.permutation(len(crops.crops)), config.batch_size):
+        images, labels = training_batch(crops, indices, config, rng)
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, weight=weights.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        scheduler.step()
+        total += float(loss.detach()) * len(labels)
+        count += len(labels)
+    return total / count
+
+
+def evaluate(
+    model: FrameClassifier, crops: CropSet, device: torch.device, batch_size: int = 128
+) -> dict[str, float]:
+    """Per-video VAL loss and ROC-AUC; a video's score is the mean fake probability of its crops."""
+    model.eval()
+    frame = []
+    with torch.inference_mode():
+        for start in range(0, len(crops.crops), batch_size):
+            logits = model(crops.crops[start : start + batch_size].to(device))
+            frame.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
+    probabilities = torch.cat(frame)
+    per_video = torch.zeros(len(crops.paths)).index_add_(0, crops.video, probabilities)
+    per_video /= torch.bincount(crops.video, minlength=len(crops.paths)).clamp_min(1)
+    return {
+        "val_loss": video_nll(per_video, crops.targets),
+        "val_auc": roc_auc(crops.targets, per_video),
+    }
+
+
+def cached_crops(file: Path, rows: Sequence[ManifestRow], config: FinetuneConfig) -> CropSet:
+    """The crops of `rows`, cut once and kept in `file` for later epochs and resumed runs."""
+    if file.is_file():
+        cached = load_crops(file)
+        if not set(cached.paths) <= {r.path for r in rows}:
+            raise ValueError(f"{file} holds crops of other videos; use another --out")
+        return cached
+    sampling = SamplingSpec(mode="uniform", num_frames=config.frames, max_frames=config.frames)
+    crops = cut_crops(rows, config.face, config.backbone.input_size, sampling)
+    save_crops(file, crops)
+    return crops
+
+
+def finetune(
+    rows: Sequence[ManifestRow],
+    out: Path,
+    config: FinetuneConfig,
+    *,
+    device: str = "cpu",
+    on_epoch: Callable[[dict[str, float]], None] = lambda record: None,
+) -> dict[str, Any]:
+    """Fine-tune (or resume fine-tuning) into `out`; returns the record of the best epoch."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    target = torch.device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_run(out, config)
+    train_rows = [
+        r for r in rows if r.split == "train" and (r.label == "real" or config.dataset_fakes)
+    ]
+    val_rows = [r for r in rows if r.split == "val"]
+    if not any(r.label == "real" for r in train_rows):
+        raise ValueError("finetune needs real TRAIN videos (the self-blended fakes come from them)")
+    if {r.label for r in val_rows} != {"real", "fake"}:
+        raise ValueError("finetune needs VAL videos of both labels to choose the epoch")
+    train = cached_crops(out / "crops-train.safetensors", train_rows, config)
+    val = cached_crops(out / "crops-val.safetensors", val_rows, config)
+
+    start = build_backbone(config.backbone, seed=config.seed)
+    start_digest = weights_digest(start)
+    torch.manual_seed(stable_seed(config.seed, "head"))
+    model = FrameClassifier(start, config.backbone).to(target)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps = len(batches(np.arange(len(train.crops)), config.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15
+    )
+    frame_targets = train.frame_targets()
+    twins = int((frame_targets == 0).sum())
+    weights = class_weights(frame_targets.tolist() + [1] * twins)
+    stopper = EarlyStopping(config.patience)
+    history = _resume(out, model, optimizer, scheduler, stopper, steps)
+    data = {
+        "train_videos": _counts(train),
+        "val_videos": _counts(val),
+        "train_crops": len(train.crops),
+        "self_blended_per_epoch": twins,
+    }
+    for epoch in range(len(history), config.epochs):
+        if stopper.should_stop:
+            break
+        rng = np.random.default_rng(stable_seed(config.seed, "epoch", epoch))
+        torch.manual_seed(stable_seed(config.seed, "torch", epoch))
+        loss = train_one_epoch(model, train, optimizer, scheduler, config, rng, weights, target)
+        record = {
+            "epoch": epoch,
+            "train_loss": loss,
+            **evaluate(model, val, target),
+            "lr": float(scheduler.get_last_lr()[0]),
+        }
+        history.append(record)
+        with (out / LOG_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        on_epoch(record)
+        if stopper.update(record["val_auc"], epoch):
+            _save_weights(out, model.backbone, config, start_digest, data, stopper)
+        _save_state(out, model, optimizer, stopper, history)
+    if not (out / WEIGHTS_FILE).is_file():
+        raise ValueError("no epoch had a VAL ROC-AUC; check the VAL videos' crops")
+    result = finetune_record(out / WEIGHTS_FILE)
+    dump_json(out / RECORD_FILE, {**result, "history": history})
+    return result
+
+
+def finetune_record(weights_file: Path) -> dict[str, Any]:
+    """The finetune record stored in a weights file written by `finetune` (empty if none)."""
+    if weights_file.suffix != ".safetensors" or not weights_file.is_file():
+        return {}
+    with safe_open(str(weights_file), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return json.loads(metadata[RECORD_KEY]) if RECORD_KEY in metadata else {}
+
+
+def _counts(crops: CropSet) -> dict[str, int]:
+    fake = sum(crops.targets)
+    return {"real": len(crops.targets) - fake, "fake": fake}
+
+
+def _save_weights(
+    out: Path,
+    backbone: nn.Module,
+    config: FinetuneConfig,
+    start_digest: str,
+    data: dict[str, Any],
+    stopper: EarlyStopping,
+) -> None:
+    """Write the headless backbone with its record (written when VAL AUC improves)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    record = {
+        "method": "self-blended images (Shiohara & Yamasaki, CVPR 2022), landmark-free masks",
+        "arch": config.backbone.arch,
+        "start_weights": config.backbone.weights,
+        "start_weights_sha256": start_digest,
+        "weights_sha256": weights_digest(backbone),
+        "best_epoch": stopper.best_epoch,
+        "best_val_auc": stopper.best_score,
+        "data": data,
+        "config": config.model_dump(mode="json"),
+    }
+    temporary = out / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(temporary), metadata={RECORD_KEY: json.dumps(record)})
+    temporary.replace(out / WEIGHTS_FILE)
+
+
+def _save_state(
+    out: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stopper: EarlyStopping,
+    history: list[dict[str, float]],
+) -> None:
+    """The last epoch's model and optimizer (tensors in safetensors, the rest in JSON)."""
+    tensors = {f"model.{k}": v for k, v in copy_state(model).items()}
+    optimizer_state = optimizer.state_dict()
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+    save_file(tensors, str(out / (STATE_FILE + ".tmp")))
+    progress = {
+        "history": history,
+        "param_groups": optimizer_state["param_groups"],
+        "stopper": {
+            "best_score": stopper.best_score,
+            "best_epoch": stopper.best_epoch,
+            "bad_epochs": stopper.bad_epochs,
+        },
+    }
+    (out / (STATE_FILE + ".tmp")).replace(out / STATE_FILE)
+    dump_json(out / PROGRESS_FILE, progress)
+
+
+def _resume(
+    out: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    stopper: EarlyStopping,
+    steps_per_epoch: int,
+) -> list[dict[str, float]]:
+    """Load the last saved epoch, if any; returns the history so far."""
+    if not (out / PROGRESS_FILE).is_file():
+        return []
+    progress = json.loads((out / PROGRESS_FILE).read_text(encoding="utf-8"))
+    tensors = load_file(str(out / STATE_FILE))
+    model.load_state_dict(
+        {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    )
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    history = progress["history"]
+    with warnings.catch_warnings():  # stepping the schedule forward without optimizer steps
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(len(history) * steps_per_epoch):
+            scheduler.step()
+    optimizer.load_state_dict({"state": state, "param_groups": progress["param_groups"]})
+    best = progress["stopper"]
+    stopper.best_score = best["best_score"]
+    stopper.best_epoch, stopper.bad_epochs = best["best_epoch"], best["bad_epochs"]
+    logger.info("resuming %s after epoch %d", out, len(history) - 1)
+    return history
+
+
+def _check_same_run(out: Path, config: FinetuneConfig) -> None:
+    """Refuse to resume a run made with other settings."""
+    file = out / "config.json"
+    if file.is_file():
+        previous = FinetuneConfig.model_validate_json(file.read_text(encoding="utf-8"))
+        if previous != config:
+            raise ValueError(f"{out} was fine-tuned with other settings; use another --out")
+    else:
+        file.write_text(config.model_dump_json(indent=2), encoding="utf-8")

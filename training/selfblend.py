@@ -1,0 +1,107 @@
+"""Self-blended images (SBI, Shiohara & Yamasaki, CVPR 2022) from face crops, without landmarks.
+
+A fake is made from one real crop: a perturbed copy of it (colour, sharpness, scale) is blended
+back onto the original through a soft face mask. Without landmarks the mask comes from the face
+box: MTCNN's square crop centres the face, so the mask is an ellipse around the crop's centre
+whose outline is deformed at random (a few low-order harmonics of the radius, then the convex
+hull, as SBI's landmark hulls are convex), softened by a Gaussian blur and scaled by a blend
+ratio. The blend changes the crop only where the mask is positive.
+
+Every random choice comes from the `numpy.random.Generator` passed in, so a seed fixes a blend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.spatial import ConvexHull
+from torchvision.transforms.v2 import functional as F
+
+
+class BlendSpec(BaseModel):
+    """Ranges of the random mask, source perturbation and blend (fractions of the crop side)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    centre_jitter: float = Field(0.05, ge=0.0, le=0.25)
+    radius_x: tuple[float, float] = (0.26, 0.38)
+    radius_y: tuple[float, float] = (0.32, 0.45)
+    deform: float = Field(0.12, ge=0.0, lt=0.5)
+    blur: tuple[float, float] = (0.01, 0.08)
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
+    gain: float = Field(0.12, ge=0.0, lt=1.0)
+    offset: float = Field(0.08, ge=0.0, lt=1.0)
+    sharpen_p: float = Field(0.5, ge=0.0, le=1.0)
+    sigma: tuple[float, float] = (0.3, 1.5)
+    scale: tuple[float, float] = (0.94, 1.06)
+    shift: float = Field(0.03, ge=0.0, lt=0.25)
+
+
+@dataclass(frozen=True)
+class Blended:
+    """A self-blended crop and the mask (blend ratio included) that made it."""
+
+    image: torch.Tensor  # [3, S, S] uint8
+    mask: torch.Tensor  # [S, S] float32 in [0, 1]
+
+
+def self_blend(crop: torch.Tensor, spec: BlendSpec, rng: np.random.Generator) -> Blended:
+    """A self-blended fake of one `[3, S, S]` uint8 crop."""
+    if crop.dtype != torch.uint8 or crop.ndim != 3 or crop.shape[0] != 3:
+        raise ValueError(f"expected a [3, S, S] uint8 crop, got {crop.dtype} {tuple(crop.shape)}")
+    size = int(crop.shape[-1])
+    mask = face_mask(size, spec, rng)
+    source = perturbed_source(crop, spec, rng)
+    target = crop.float()
+    blended = source * mask + target * (1.0 - mask)
+    image = torch.where(mask > 0, blended.round().clamp(0, 255), target).to(torch.uint8)
+    return Blended(image=image, mask=mask)
+
+
+def face_mask(size: int, spec: BlendSpec, rng: np.random.Generator) -> torch.Tensor:
+    """A soft `[size, size]` mask in [0, 1]: a deformed convex ellipse, blurred, times a ratio."""
+    centre = size / 2 + rng.uniform(-spec.centre_jitter, spec.centre_jitter, 2) * size
+    radii = np.array([rng.uniform(*spec.radius_x), rng.uniform(*spec.radius_y)]) * size
+    angles = np.linspace(0.0, 2 * np.pi, 32, endpoint=False)
+    harmonics = np.arange(2, 5)
+    amplitudes = rng.uniform(-spec.deform, spec.deform, len(harmonics)) / harmonics
+    phases = rng.uniform(0.0, 2 * np.pi, len(harmonics))
+    scale = 1.0 + (amplitudes * np.cos(np.outer(angles, harmonics) + phases)).sum(axis=1)
+    points = centre + np.stack([np.cos(angles), np.sin(angles)], axis=1) * radii * scale[:, None]
+    hull = points[ConvexHull(points).vertices]
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in hull.tolist()], fill=255)
+    mask = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)[None]
+    sigma = max(float(rng.uniform(*spec.blur)) * size, 0.3)
+    kernel = 2 * int(np.ceil(3 * sigma)) + 1
+    soft = F.gaussian_blur(mask, [kernel, kernel], [sigma, sigma])[0]
+    ratio = float(spec.ratios[int(rng.integers(len(spec.ratios)))])
+    return (soft * ratio).clamp(0.0, 1.0)
+
+
+def perturbed_source(crop: torch.Tensor, spec: BlendSpec, rng: np.random.Generator) -> torch.Tensor:
+    """The `[3, S, S]` float copy to blend in: per-channel colour gain and offset, a blur or a
+    sharpening, and a small rescale and shift about the centre."""
+    gain = torch.from_numpy(1.0 + rng.uniform(-spec.gain, spec.gain, 3)).float().view(3, 1, 1)
+    offset = torch.from_numpy(rng.uniform(-spec.offset, spec.offset, 3) * 255).float()
+    sharpen = rng.random() < spec.sharpen_p
+    sigma = float(rng.uniform(*spec.sigma))
+    scale = float(rng.uniform(*spec.scale))
+    shift = rng.uniform(-spec.shift, spec.shift, 2) * crop.shape[-1]
+    image = crop.float() * gain + offset.view(3, 1, 1)
+    kernel = 2 * int(np.ceil(3 * sigma)) + 1
+    blurred = F.gaussian_blur(image[None], [kernel, kernel], [sigma, sigma])[0]
+    image = 2 * image - blurred if sharpen else blurred
+    moved = F.affine(
+        image[None],
+        angle=0.0,
+        translate=[float(shift[0]), float(shift[1])],
+        scale=scale,
+        shear=[0.0, 0.0],
+        interpolation=F.InterpolationMode.BILINEAR,
+    )[0]
+    return moved.clamp(0.0, 255.0)
