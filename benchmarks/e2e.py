@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import cpu_seconds, latency_summary, peak_rss_mib, throughput
+from benchmarks.measure import latency_summary, peak_rss_mib, throughput, tree_cpu_seconds
 from benchmarks.services import Services
 from benchmarks.traffic import Arrival, Submitter, VerdictCollector
 from benchmarks.workers import worker_env
@@ -49,8 +49,9 @@ class Fleet:
         return None if None in peaks else sum(p for p in peaks if p is not None)
 
     def cpu_seconds(self) -> float | None:
-        """CPU time used so far by all worker processes together."""
-        used = [cpu_seconds(w.pid) for w in self.workers]
+        """CPU time used so far by all worker processes together, their decode processes
+        included."""
+        used = [tree_cpu_seconds(w.pid) for w in self.workers]
         return None if None in used else sum(u for u in used if u is not None)
 
 

@@ -46,6 +46,33 @@ def cpu_seconds(pid: int | str = "self") -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes below `pid` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of a live process and of its live descendants (a worker and its decode
+    processes): `cpu_seconds` of each, summed; None when `pid` is gone."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_seconds(child) or 0.0 for child in descendants(pid))
+
+
 def cpu_figures(cpu_s: float | None, frames: int) -> dict[str, float | None]:
     """CPU seconds spent on a timed span and per frame: the work done, whatever the wall clock
     shows on a machine shared with other jobs."""
