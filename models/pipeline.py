@@ -31,10 +31,10 @@ from models.backbones import build_backbone, weights_digest
 from models.checkpoint import load_checkpoint
 from models.decoders import FrameDecoder
 from models.ensemble import Ensemble
-from models.faces import FaceCrops, FaceDetection
+from models.faces import FaceCrops
 from models.heads import pad_sequences
 from models.spec import DecodeLimits, PipelineSpec
-from models.stages import FeatureStages, VideoFeatures, kept_frames
+from models.stages import FeatureStages, VideoFeatures
 from models.video import DecodedVideo, Source
 
 logger = logging.getLogger(__name__)
@@ -142,23 +142,6 @@ class Detector(FeatureStages):
     ) -> FaceCrops:
         """One crop per frame of one video, face policy not applied (`faces` applies it)."""
         return self.cropper.crop(frames, timestamps_s)
-
-    def cut_faces(
-        self, detections: Sequence[FaceDetection], timestamps_s: Sequence[float]
-    ) -> FaceCrops:
-        """One crop per frame of one video (its `detect_faces` results, in order), face policy
-        not applied (`faces_from` applies it)."""
-        return self.cropper.crop_detected(detections, timestamps_s)
-
-    def keep(self, has_face: Sequence[bool]) -> list[int]:
-        """Indices of a video's frames the face policy keeps (embed only those crops)."""
-        return kept_frames(has_face, self.spec.face.no_face)
-
-    def assemble(
-        self, video: DecodedVideo, has_face: Sequence[bool], embeddings: Tensor
-    ) -> VideoFeatures:
-        """One video's features from the embeddings of its kept frames (see `keep`), in order."""
-        return self.assembled(has_face, video.timestamps_s, embeddings)
 
     def extract(self, source: Source, *, threads: int = 0) -> VideoFeatures:
         """All feature stages for one video (what training caches and the worker computes)."""

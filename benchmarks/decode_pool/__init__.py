@@ -205,10 +205,7 @@ def _bare(detector: Detector, clips: list[Path], max_side: int) -> int:
         video = decode_frames(
             clip, detector.spec.sampling, detector.decode_limits, threads=1, max_side=max_side
         )
-        faces = detector.crop_faces(video.frames, video.timestamps_s)
-        kept = detector.keep(faces.has_face)
-        features = detector.assemble(video, faces.has_face, detector.embed(faces.crops[kept]))
-        detector.classify([features])
+        detector.classify([detector.features(detector.faces(video.frames, video.timestamps_s))])
         sampled += len(video.frames)
     return sampled
 

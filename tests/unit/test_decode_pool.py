@@ -355,8 +355,8 @@ def test_scaled_frames_give_the_same_faces_and_prediction(tmp_path: Path) -> Non
     assert similarity.min() > 0.9
     [a, b] = detector.classify(
         [
-            detector.assemble(full, full_faces.has_face, full_embeddings),
-            detector.assemble(small, small_faces.has_face, small_embeddings),
+            detector.assembled(full_faces.has_face, full.timestamps_s, full_embeddings),
+            detector.assembled(small_faces.has_face, small.timestamps_s, small_embeddings),
         ]
     )
     assert a.fake_probability == pytest.approx(b.fake_probability, abs=0.02)

@@ -53,10 +53,9 @@ def detector(files: dict[str, Path]) -> Detector:
 def _staged(detector: Detector, path: Path) -> Prediction:
     """The stages the worker runs, called one by one."""
     video = detector.decode(path)
-    faces = detector.cut_faces(detector.detect_faces(video.frames), video.timestamps_s)
-    kept = detector.keep(faces.has_face)
-    embeddings = detector.embed(faces.crops[kept])
-    return detector.classify([detector.assemble(video, faces.has_face, embeddings)])[0]
+    faces = detector.faces_from(detector.detect_faces(video.frames), video.timestamps_s)
+    embeddings = detector.embed(faces.kept_crops)
+    return detector.classify([detector.features_from(faces, embeddings)])[0]
 
 
 def test_predict_file_equals_the_staged_path(detector: Detector, files: dict[str, Path]) -> None:
@@ -103,13 +102,13 @@ def test_embedding_frames_pooled_from_several_videos(
     found = detector.detect_faces([f for v in videos for f in v.frames])
     first = len(videos[0].frames)
     faces = [
-        detector.cut_faces(found[:first], videos[0].timestamps_s),
-        detector.cut_faces(found[first:], videos[1].timestamps_s),
+        detector.faces_from(found[:first], videos[0].timestamps_s).crops,
+        detector.faces_from(found[first:], videos[1].timestamps_s).crops,
     ]
     pooled = detector.embed(torch.cat([faces[0].crops, faces[1].crops]))
     features = [
-        detector.assemble(videos[0], faces[0].has_face, pooled[:first]),
-        detector.assemble(videos[1], faces[1].has_face, pooled[first:]),
+        detector.assembled(faces[0].has_face, videos[0].timestamps_s, pooled[:first]),
+        detector.assembled(faces[1].has_face, videos[1].timestamps_s, pooled[first:]),
     ]
     for item, name in zip(features, ("noise_a", "noise_b"), strict=True):
         alone = detector.extract(files[name])
@@ -150,10 +149,12 @@ def test_assemble_checks_its_inputs(detector: Detector, files: dict[str, Path]) 
     video = detector.decode(files["noise_a"])
     dim = detector.spec.feature_dim
     with pytest.raises(ValueError, match="face flags"):
-        detector.assemble(video, [True], torch.zeros(1, dim))
+        detector.assembled([True], video.timestamps_s, torch.zeros(1, dim))
     with pytest.raises(ValueError, match="expected embeddings"):
-        detector.assemble(video, [True, False, True, True], torch.zeros(4, dim))
-    features = detector.assemble(video, [True, False, True, False], torch.zeros(2, dim))
+        detector.assembled([True, False, True, True], video.timestamps_s, torch.zeros(4, dim))
+    features = detector.assembled(
+        [True, False, True, False], video.timestamps_s, torch.zeros(2, dim)
+    )
     assert features == VideoFeatures(
         features=features.features,
         timestamps_s=[video.timestamps_s[0], video.timestamps_s[2]],
