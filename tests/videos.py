@@ -6,6 +6,7 @@ lossy compression; `read_index` reads it back, so tests can check *which* frames
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
@@ -170,3 +171,23 @@ def make_size_switch_video(
             packet.is_keyframe = index in (0, small_frames)
             out.mux(packet)
     return path
+
+
+class _Pipe(io.RawIOBase):
+    """A readable stream that cannot seek."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        chunk = self._data.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def pipe(data: bytes) -> io.BufferedReader:
+    """`data` as a binary stream that cannot seek (like a pipe)."""
+    return io.BufferedReader(_Pipe(data))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 from models.sampling import SampleTime, sample_indices, snap_to_keyframes
 from models.spec import DecodeLimits, KeyframeSnap, PipelineSpec, SamplingSpec, feature_hash
 from models.video import DecodedVideo, decode_frames
-from tests.videos import index_frames, make_video, read_index
+from tests.videos import index_frames, make_video, pipe, read_index
 
 FPS = 25
 FRAMES = 300  # 12 s
@@ -124,21 +123,6 @@ def test_containers_without_a_full_index_decode_as_before(clips: Path) -> None:
     assert snapped.frames_decoded == plain.frames_decoded
 
 
-class _Pipe(io.RawIOBase):
-    """A readable stream that cannot seek."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
-        chunk = self._data.read(len(buffer))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-
 def test_a_stream_that_cannot_seek_decodes_as_before(tmp_path: Path) -> None:
     path = make_video(
         tmp_path / "faststart.mp4",
@@ -148,7 +132,7 @@ def test_a_stream_that_cannot_seek_decodes_as_before(tmp_path: Path) -> None:
         options=X264_GOP,
         container_options={"movflags": "faststart"},
     )
-    pipe = io.BufferedReader(_Pipe(path.read_bytes()))
-    video = decode_frames(pipe, snapping(EVERY_SECOND, 0.2), DecodeLimits(), threads=1)
+    stream = pipe(path.read_bytes())
+    video = decode_frames(stream, snapping(EVERY_SECOND, 0.2), DecodeLimits(), threads=1)
     assert content(video) == list(range(0, FRAMES, GOP))
     assert video.frames_decoded >= FRAMES - GOP

@@ -28,7 +28,7 @@ from models.mp4_index import lacks_index
 from models.sampling import sample_indices
 from models.spec import DecodeLimits, SamplingSpec
 from models.video import TRUNCATED_MP4, DecodedVideo, decode_frames
-from tests.videos import index_frame, index_frames, make_audio, make_video, read_index
+from tests.videos import index_frame, index_frames, make_audio, make_video, pipe, read_index
 
 LIMITS = DecodeLimits()
 FPS = 25
@@ -190,24 +190,9 @@ def test_a_descriptor_must_be_an_open_regular_file(mp4: Path) -> None:
         os.close(fd)
 
 
-class _Pipe(io.RawIOBase):
-    """A readable stream that cannot seek."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
-        chunk = self._data.read(len(buffer))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-
 def test_a_pipe_is_decoded_forward(videos: Path) -> None:
     path = make_video(videos / "pipe.webm", index_frames(SHORT), fps=FPS, codec="libvpx-vp9")
-    video = decode(io.BufferedReader(_Pipe(path.read_bytes())), SPARSE)
+    video = decode(pipe(path.read_bytes()), SPARSE)
     assert content_indices(video) == sample_indices(SHORT, SPARSE)
 
 
