@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 
 from models.errors import PipelineError
 from models.faces import FaceCropper
-from models.pipeline import kept_frames
 from models.spec import DecodeLimits, FaceSpec, SamplingSpec
+from models.stages import kept_frames
 from models.video import decode_frames
 from training.manifest import ManifestRow
 
