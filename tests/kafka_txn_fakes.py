@@ -4,6 +4,7 @@ commits, as a `read_committed` reader would see them."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,8 @@ class FakeGroupConsumer(FakeConsumer):
 @dataclass
 class FakeTxnProducer(FakeProducer):
     """`errors[call]` lists errors raised by the next calls of a transactional method, in order
-    (e.g. `errors["commit_transaction"] = [KafkaException(...)]`)."""
+    (e.g. `errors["commit_transaction"] = [KafkaException(...)]`); a call named in `hangs` blocks
+    until `release` is set, as librdkafka's `send_offsets_to_transaction` can (librdkafka#5456)."""
 
     errors: dict[str, list[BaseException]] = field(default_factory=dict)
     in_transaction: bool = False
@@ -35,12 +37,21 @@ class FakeTxnProducer(FakeProducer):
     committed_offsets: list[tuple[str, int, int]] = field(default_factory=list)
     group_metadata: list[Any] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    hangs: set[str] = field(default_factory=set)
+    release: threading.Event = field(default_factory=threading.Event)
+    initialised: bool = False
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
+        if name in self.hangs:
+            self.release.wait()
         queued = self.errors.get(name)
         if queued:
             raise queued.pop(0)
+
+    def init_transactions(self, _timeout: float = 0) -> None:
+        self._call("init_transactions")
+        self.initialised = True
 
     def begin_transaction(self) -> None:
         self._call("begin_transaction")

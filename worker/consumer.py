@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,7 @@ class StreamWorker:
         broker: BrokerStatus | None = None,
         dlq_max_bytes: int = FALLBACK_MAX_MESSAGE_BYTES,
         commit: CommitStep | None = None,
+        new_producer: Callable[[], Producer] | None = None,
     ) -> None:
         self._consumer = consumer
         self._settings = settings
@@ -131,7 +133,12 @@ class StreamWorker:
         if settings.transactions is not None:
             # exactly-once: one step produces and commits, in transactions
             transactions = Transactions(
-                producer, consumer, settings.transactions, delivery_settings, metrics
+                producer,
+                consumer,
+                settings.transactions,
+                delivery_settings,
+                metrics,
+                new_producer=new_producer,
             )
             transactions.bind(on_delivered=self._finish, on_progress=self._progress.moved)
             self._delivery = self._commit = transactions
@@ -159,7 +166,11 @@ class StreamWorker:
         client_log = logging.getLogger("worker.kafka")
         broker = BrokerStatus()
         consumer = Consumer({**consumer_config, "error_cb": broker.on_error, "logger": client_log})
-        producer = Producer({**producer_config, "error_cb": broker.on_error, "logger": client_log})
+
+        def new_producer() -> Producer:
+            return Producer({**producer_config, "error_cb": broker.on_error, "logger": client_log})
+
+        producer = new_producer()
         timeout_s = settings.startup_timeout_s
         try:
             metadata = consumer.list_topics(timeout=timeout_s)
@@ -180,7 +191,14 @@ class StreamWorker:
             except KafkaException as exc:
                 raise StartupError(f"cannot initialise transactions: {exc}") from None
         return cls(
-            consumer, producer, handler, settings, metrics, broker=broker, dlq_max_bytes=limit
+            consumer,
+            producer,
+            handler,
+            settings,
+            metrics,
+            broker=broker,
+            dlq_max_bytes=limit,
+            new_producer=new_producer,
         )
 
     # lifecycle -------------------------------------------------------------------------------

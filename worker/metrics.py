@@ -203,7 +203,8 @@ class Metrics:
         # Exactly-once delivery (worker/loop/transactions.py); silent in at-least-once mode.
         self.transactions = Counter(
             "dfd_transactions",
-            "Kafka transactions of verdicts and offsets, by outcome (committed or aborted)",
+            "Kafka transactions of verdicts and offsets, by outcome (committed, aborted, or "
+            "abandoned: a call hung and the producer was replaced)",
             ["outcome"],
             registry=registry,
         )
@@ -228,7 +229,7 @@ class Metrics:
             self.batch_queue_seconds.labels(stage=stage)
         for reason in ("timeout", "crash"):
             self.decode_restarts.labels(reason=reason)
-        for outcome in ("committed", "aborted"):
+        for outcome in ("committed", "aborted", "abandoned"):
             self.transactions.labels(outcome=outcome)
 
     def set_model(self, name: str, version: str, spec_hash: str) -> None:

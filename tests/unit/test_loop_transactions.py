@@ -17,7 +17,7 @@ from worker.app import consumer_config, loop_settings, producer_config
 from worker.consumer import LoopSettings, ProducerFenced, StreamWorker
 from worker.loop.delivery import DeliverySettings
 from worker.loop.task import Task
-from worker.loop.transactions import Transactions, TransactionSettings
+from worker.loop.transactions import MAX_REPLACEMENTS, Transactions, TransactionSettings
 from worker.messages import Inbound, Outbound
 from worker.metrics import Metrics
 from worker.settings import WorkerSettings
@@ -39,9 +39,10 @@ class Clock:
 class Harness:
     """A `Transactions` step over fakes, with the tasks it reported delivered."""
 
-    def __init__(self, settings: TransactionSettings = TXN) -> None:
+    def __init__(self, settings: TransactionSettings = TXN, *, replaceable: bool = False) -> None:
         self.clock = Clock()
         self.producer = FakeTxnProducer()
+        self.replacements: list[FakeTxnProducer] = []
         self.consumer = FakeGroupConsumer()
         self.metrics = Metrics()
         self.step = Transactions(
@@ -51,10 +52,15 @@ class Harness:
             DELIVERY,
             self.metrics,
             clock=self.clock,
+            new_producer=self._new_producer if replaceable else None,  # type: ignore[arg-type]
         )
         self.delivered: list[tuple[str, int, int]] = []
         self.progress = 0
         self.step.bind(self._delivered, self._moved)
+
+    def _new_producer(self) -> FakeTxnProducer:
+        self.replacements.append(FakeTxnProducer())
+        return self.replacements[-1]
 
     def _delivered(self, task: Task) -> None:
         self.delivered.append((*task.partition, task.offset))
@@ -181,7 +187,7 @@ def test_a_rejected_dead_letter_copy_stops_the_worker() -> None:
 
 
 def test_a_fenced_producer_stops_and_drops_its_uncommitted_work() -> None:
-    h = Harness()
+    h = Harness(replaceable=True)  # fenced: another instance owns the id, so no replacement
     h.producer.errors["send_offsets_to_transaction"] = [
         kafka_error(KafkaError.PRODUCER_FENCED, fatal=True)
     ]
@@ -197,6 +203,7 @@ def test_a_fenced_producer_stops_and_drops_its_uncommitted_work() -> None:
     h.step.close({P0, P1})
     assert h.producer.calls.count("begin_transaction") == 1
     assert h.delivered[-1] == ("requests", 1, 0)
+    assert h.replacements == []
 
 
 def test_revocation_commits_finished_work_and_drops_late_work() -> None:
@@ -314,3 +321,78 @@ def test_an_abort_that_times_out_is_resumed_later() -> None:
     ]
     assert h.producer.committed_offsets == [("requests", 0, 1)]
     assert h.count("aborted") == 1
+
+
+HANGS = TransactionSettings(interval_s=0.1, max_records=10, timeout_s=0.05, hang_grace_s=0.05)
+
+
+def test_a_hung_call_replaces_the_producer_and_the_work_commits_in_the_new_one() -> None:
+    h = Harness(HANGS, replaceable=True)
+    h.producer.hangs.add("send_offsets_to_transaction")
+    h.step.send(h.task(P0, 0))
+    h.step.send(h.task(P0, 1))
+    h.step.flush(1.0)
+    assert h.step.failure is None and h.delivered == []
+    assert h.count("abandoned") == 1 and len(h.replacements) == 1
+    new = h.replacements[0]
+    h.clock.now += 1.1
+    h.step.tick()  # the new producer's init_transactions, then the buffered work
+    assert new.calls[0] == "init_transactions" and new.initialised
+    assert [r.value for r in new.visible] == [b"verdicts:0:0", b"verdicts:0:1"]
+    assert new.committed_offsets == [("requests", 0, 2)]
+    assert h.delivered == [("requests", 0, 0), ("requests", 0, 1)]
+    assert h.producer.visible == []  # the abandoned producer committed nothing
+    h.producer.release.set()
+
+
+def test_a_replacement_that_cannot_initialise_yet_is_retried() -> None:
+    h = Harness(HANGS, replaceable=True)
+    h.producer.hangs.add("commit_transaction")
+    h.step.send(h.task(P0, 0))
+    h.step.flush(1.0)
+    new = h.replacements[0]
+    new.errors["init_transactions"] = [kafka_error(KafkaError._TIMED_OUT, retriable=True)]
+    h.clock.now += 1.1
+    h.step.tick()
+    assert not new.initialised and new.visible == []
+    h.clock.now += 2.1
+    h.step.tick()
+    assert new.initialised and new.committed_offsets == [("requests", 0, 1)]
+    h.producer.release.set()
+
+
+def test_unusable_producers_stop_the_worker_without_a_factory_or_past_the_limit() -> None:
+    alone = Harness(HANGS)
+    alone.producer.hangs.add("send_offsets_to_transaction")
+    alone.step.send(alone.task(P0, 0))
+    alone.step.flush(1.0)
+    assert isinstance(alone.step.failure, ProducerFenced)
+    assert alone.delivered == [("requests", 0, 0)]  # dropped: the partition's next owner redoes it
+    alone.producer.release.set()
+
+    h = Harness(HANGS, replaceable=True)
+    h.producer.hangs.add("commit_transaction")
+    h.step.send(h.task(P0, 0))
+    h.step.flush(1.0)
+    for _ in range(MAX_REPLACEMENTS):
+        h.replacements[-1].hangs.add("init_transactions")
+        h.clock.now += 100
+        h.step.tick()
+    assert isinstance(h.step.failure, ProducerFenced)
+    assert h.count("abandoned") == MAX_REPLACEMENTS + 1
+    for producer in [h.producer, *h.replacements]:
+        producer.release.set()
+
+
+def test_a_fatal_error_that_is_not_fencing_replaces_the_producer() -> None:
+    h = Harness(replaceable=True)
+    h.producer.errors["commit_transaction"] = [
+        kafka_error(KafkaError.INVALID_TXN_STATE, fatal=True)
+    ]
+    h.step.send(h.task(P0, 0))
+    h.step.flush(1.0)
+    assert h.step.failure is None and len(h.replacements) == 1
+    h.clock.now += 1.1
+    h.step.tick()
+    assert h.replacements[0].committed_offsets == [("requests", 0, 1)]
+    assert h.delivered == [("requests", 0, 0)]

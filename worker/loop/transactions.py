@@ -18,10 +18,18 @@
   exponential backoff. A record the broker rejects (too large, unwritable topic) is replaced by its
   dead-letter copy before the retry, as in at-least-once mode; a dead-letter copy that is rejected
   too stops the worker (`DeliveryFatal`);
-- a fatal producer error - above all a fenced producer (a zombie: another process initialised the
-  same `transactional.id`, or its epoch is stale) - stops producing at once: the uncommitted work is
-  dropped, the loop stops and the process exits with `worker.app.EXIT_FENCED`; the partitions'
-  new owner redoes the work from the last committed offsets;
+- a fenced producer (a zombie: another process initialised the same `transactional.id`, or its
+  epoch is stale) stops producing at once: the uncommitted work is dropped, the loop stops and the
+  process exits with `worker.app.EXIT_FENCED`; the partitions' new owner redoes the work from the
+  last committed offsets;
+- a producer that is unusable but not fenced - another fatal error (`INVALID_TXN_STATE` after a
+  broker restart), or a transactional call still running at its timeout plus `hang_grace_s`
+  (`worker.loop.deadline`: librdkafka's `send_offsets_to_transaction` can hang after a broker
+  restart) - is replaced: a new producer with the same `transactional.id` is made, its
+  `init_transactions` fences the old one and aborts its open transaction, and the buffered tasks
+  are retried in the new producer's transactions. After `MAX_REPLACEMENTS` replacements without a
+  committed transaction the worker stops instead (`ProducerFenced`), for its supervisor to restart
+  it;
 - on revocation the finished prefix is committed inside the revoke callback; lost partitions'
   buffered work is dropped (another member owns them now).
 All calls come from the loop's thread; transactions are synchronous, so none is open between calls.
@@ -38,6 +46,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from producer.contracts import ErrorCode
+from worker.loop.deadline import CallHung, call_within
 from worker.loop.delivery import (
     DeliveryFatal,
     DeliverySettings,
@@ -59,6 +68,8 @@ FENCED_CODES = frozenset(
 """Errors meaning another producer (or a newer epoch) owns this `transactional.id`."""
 _RETRIES_PER_CALL = 3
 """Immediate retries of a transactional call that failed retriably (then the transaction aborts)."""
+MAX_REPLACEMENTS = 3
+"""Producers replaced in a row (no transaction committed in between) before the worker stops."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,8 @@ class TransactionSettings:
     interval_s: float
     max_records: int
     timeout_s: float
+    hang_grace_s: float = 5.0
+    """A transactional call still running `timeout_s + hang_grace_s` after it began has hung."""
 
 
 class ProducerFenced(DeliveryFatal):
@@ -91,8 +104,12 @@ class Transactions:
         delivery: DeliverySettings,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        new_producer: Callable[[], Producer] | None = None,
     ) -> None:
         self._producer = producer
+        self._new_producer = new_producer
+        self._replacements = 0
+        self._needs_init = False
         self._consumer = consumer
         self._settings = settings
         self._delivery = delivery
@@ -130,7 +147,7 @@ class Transactions:
         try:
             self._producer.poll(timeout_s)
         except KafkaException as exc:
-            self._fence(_error(exc))
+            self._failed_fatally(_error(exc))
         self.tick()
 
     def flush(self, timeout_s: float) -> int:
@@ -196,6 +213,9 @@ class Transactions:
         if self._abort_pending and not self._finish_abort():
             self._back_off()
             return
+        if self._needs_init and not self._init_producer():
+            self._back_off()
+            return
         ready = self._ready()
         tasks = [task for prefix in ready.values() for task in prefix]
         if not tasks:
@@ -211,6 +231,7 @@ class Transactions:
             return
         if self._transact(ready, records):
             self._aborts = 0
+            self._replacements = 0
             for partition, prefix in ready.items():
                 pending = self._open[partition]
                 for task in prefix:
@@ -235,15 +256,19 @@ class Transactions:
             for (topic, partition), prefix in sorted(ready.items())
         ]
         timeout = self._settings.timeout_s
+        group = self._consumer.consumer_group_metadata()
         try:
             self._producer.begin_transaction()
             self._produce_all([task for prefix in ready.values() for task in prefix])
             self._retrying(
-                lambda: self._producer.send_offsets_to_transaction(
-                    offsets, self._consumer.consumer_group_metadata(), timeout
-                )
+                "send_offsets_to_transaction",
+                lambda: self._producer.send_offsets_to_transaction(offsets, group, timeout),
             )
-            self._retrying(lambda: self._producer.commit_transaction(timeout))
+            self._retrying("commit_transaction", lambda: self._producer.commit_transaction(timeout))
+        except CallHung as hung:
+            self._replace_producer(str(hung), "CALL_HUNG")
+            self._metrics.transaction_seconds.observe(self._clock() - started)
+            return False
         except (KafkaException, _RecordsFailed) as exc:
             self._abort(exc, len(offsets))
             self._metrics.transaction_seconds.observe(self._clock() - started)
@@ -285,6 +310,7 @@ class Transactions:
             if error is not None:
                 failed.append((task, index, error))
 
+        give_up_at = self._clock() + self._settings.timeout_s
         while True:
             try:
                 self._producer.produce(
@@ -296,6 +322,8 @@ class Transactions:
                 )
                 return
             except BufferError:
+                if self._clock() >= give_up_at:
+                    raise _RecordsFailed("the producer's queue stayed full") from None
                 self._producer.poll(0.05)
 
     def _record_failed(self, task: Task, index: int, error: KafkaError) -> None:
@@ -315,11 +343,16 @@ class Transactions:
         self._metrics.dlq_messages.labels(code=ErrorCode.INTERNAL.value).inc()
         task.records[index] = undeliverable_copy(inbound, record, error, dlq)
 
-    def _retrying(self, call: Callable[[], None]) -> None:
-        """`call`, repeated at once while it fails retriably (a commit may be retried as is)."""
+    def _guarded(self, name: str, call: Callable[[], None]) -> None:
+        """`call` with a hard deadline (`CallHung`) of its timeout plus the grace."""
+        call_within(call, self._settings.timeout_s + self._settings.hang_grace_s, name)
+
+    def _retrying(self, name: str, call: Callable[[], None]) -> None:
+        """`call`, guarded, repeated at once while it fails retriably (a commit may be retried
+        as is)."""
         for attempt in range(_RETRIES_PER_CALL + 1):
             try:
-                call()
+                self._guarded(name, call)
                 return
             except KafkaException as exc:
                 error = _error(exc)
@@ -332,7 +365,7 @@ class Transactions:
     def _abort(self, exc: Exception, partitions: int) -> None:
         error = _error(exc) if isinstance(exc, KafkaException) else None
         if error is not None and (error.fatal() or error.code() in FENCED_CODES):
-            self._fence(error)
+            self._failed_fatally(error)
             return
         context = {"error": str(exc), "partitions": partitions, "aborts": self._aborts + 1}
         log.warning("transaction failed; aborting and retrying", extra=context)
@@ -341,13 +374,19 @@ class Transactions:
 
     def _finish_abort(self) -> bool:
         """Abort the open transaction; True when done. An abort that times out (the broker is
-        away) is resumed by calling it again, on the next due tick; a fatal error fences."""
+        away) is resumed by calling it again, on the next due tick."""
         try:
-            self._producer.abort_transaction(self._settings.timeout_s)
+            self._guarded(
+                "abort_transaction",
+                lambda: self._producer.abort_transaction(self._settings.timeout_s),
+            )
+        except CallHung as hung:
+            self._replace_producer(str(hung), "CALL_HUNG")
+            return False
         except KafkaException as exc:
             error = _error(exc)
             if error.fatal() or not error.retriable():
-                self._fence(error)
+                self._failed_fatally(error)
             else:
                 log.warning("abort not finished; resumed later", extra={"error": error.name()})
             return False
@@ -355,19 +394,61 @@ class Transactions:
         self._metrics.transactions.labels(outcome="aborted").inc()
         return True
 
-    def _fence(self, error: KafkaError) -> None:
-        """Stop producing for good; the buffered work is dropped (the new owner redoes it)."""
-        fenced = error.code() in FENCED_CODES
-        reason = (
-            "the transactional producer was fenced by a newer instance"
-            if fenced
-            else f"the transactional producer failed fatally: {error.str()}"
+    def _failed_fatally(self, error: KafkaError) -> None:
+        """A fenced producer stops the worker (another instance owns the `transactional.id`);
+        any other fatal error (e.g. `INVALID_TXN_STATE` after a broker restart) replaces it."""
+        if error.code() in FENCED_CODES:
+            self._metrics.transactions.labels(outcome="aborted").inc()
+            self._stop("the transactional producer was fenced by a newer instance", error.name())
+        else:
+            reason = f"the transactional producer failed fatally: {error.str()}"
+            self._replace_producer(reason, error.name())
+
+    def _replace_producer(self, reason: str, error_name: str) -> None:
+        """Drop the unusable producer for a new one with the same `transactional.id`, whose
+        `init_transactions` (on the next due tick) fences the old one and aborts its open
+        transaction; the buffered tasks stay and are retried. A producer whose call hung is kept
+        alive by that call's blocked thread; it can produce nothing once fenced."""
+        self._metrics.transactions.labels(outcome="abandoned").inc()
+        if self._new_producer is None or self._replacements >= MAX_REPLACEMENTS:
+            self._stop(reason, error_name)
+            return
+        self._replacements += 1
+        log.critical(
+            "transactional producer unusable; replacing it",
+            extra={"reason": reason, "error": error_name, "replacements": self._replacements},
         )
+        self._producer = self._new_producer()
+        self._abort_pending = False
+        self._needs_init = True
+
+    def _init_producer(self) -> bool:
+        """Initialise a replacement producer's transactions; True when done."""
+        try:
+            self._guarded(
+                "init_transactions",
+                lambda: self._producer.init_transactions(self._settings.timeout_s),
+            )
+        except CallHung as hung:
+            self._replace_producer(str(hung), "CALL_HUNG")
+            return False
+        except KafkaException as exc:
+            error = _error(exc)
+            if error.fatal() or not error.retriable():
+                self._failed_fatally(error)
+            else:
+                log.warning("new producer not initialised yet", extra={"error": error.name()})
+            return False
+        self._needs_init = False
+        log.info("replacement producer initialised", extra={"replacements": self._replacements})
+        return True
+
+    def _stop(self, reason: str, error_name: str) -> None:
+        """Stop producing for good; the buffered work is dropped (the new owner redoes it)."""
         log.critical(
             "transactions stopped; uncommitted work is left to the partitions' next owner",
-            extra={"error": error.name(), "reason": reason, "dropped": self.pending()},
+            extra={"error": error_name, "reason": reason, "dropped": self.pending()},
         )
-        self._metrics.transactions.labels(outcome="aborted").inc()
         if self.failure is None:
             self.failure = ProducerFenced(reason)
         self._forget(set(self._open))
