@@ -2,7 +2,7 @@
 
     python -m benchmarks.probe research --checkpoint C --threads T --scratch DIR --warmup V VIDEO...
     python -m benchmarks.probe bare --checkpoint C --threads T [--dtype D] [--pooled N] \
-        [--compile] [--decode [--keyframes TOL]] --warmup V VIDEO...
+        [--compile] [--decode [--keyframes TOL] [--decode-only]] --warmup V VIDEO...
     python -m benchmarks.probe predict --checkpoint C --threads T VIDEO
 
 Each prints one JSON line: per-video latencies (s), frames, elapsed time and RSS figures.
@@ -173,20 +173,26 @@ def run_decode_and_compute(
     detector: Detector, args: argparse.Namespace, loaded_rss: float | None
 ) -> dict[str, Any]:
     """Decode and compute one video after the other in this process (decode timed too), with
-    the checkpoint's sampling or, with `--keyframes`, that sampling snapped to keyframes."""
+    the checkpoint's sampling or, with `--keyframes`, that sampling snapped to keyframes; with
+    `--decode-only` the sampled frames are counted, not computed."""
     if args.keyframes is not None:
         snap = KeyframeSnap(tolerance_s=args.keyframes)
         sampling = detector.spec.sampling.model_copy(update={"keyframes": snap})
         detector.spec = detector.spec.model_copy(update={"sampling": sampling})
-    warm = detector.decode(args.warmup)
-    bare_video(detector, warm.frames, warm.timestamps_s)
+
+    def compute(video: DecodedVideo) -> int:
+        if args.decode_only:
+            return len(video.frames)
+        return bare_video(detector, video.frames, video.timestamps_s)
+
+    compute(detector.decode(args.warmup))
     latencies, frames, decoded = [], 0, 0
     started, cpu_started = time.perf_counter(), _cpu_time()
     for path in args.videos:
         begun = time.perf_counter()
         video = detector.decode(path)
         decoded += video.frames_decoded
-        frames += bare_video(detector, video.frames, video.timestamps_s)
+        frames += compute(video)
         latencies.append(time.perf_counter() - begun)
     elapsed, cpu_s = time.perf_counter() - started, _cpu_time() - cpu_started
     tags = {"dtype": detector.spec.backbone.dtype, "compiled": args.compile}
@@ -262,6 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 type=float,
                 default=None,
                 help="with --decode: snap sample times to keyframes within this many seconds",
+            )
+            command.add_argument(
+                "--decode-only",
+                action="store_true",
+                help="with --decode: decode and sample only (no faces, backbone or heads)",
             )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
