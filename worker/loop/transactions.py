@@ -42,6 +42,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -375,11 +376,28 @@ class Transactions:
     def _finish_abort(self) -> bool:
         """Abort the open transaction; True when done. An abort that times out (the broker is
         away) is resumed by calling it again, on the next due tick."""
+        abort = partial(self._producer.abort_transaction, self._settings.timeout_s)
+        if not self._repeatable("abort_transaction", abort, "abort not finished; resumed later"):
+            return False
+        self._abort_pending = False
+        self._metrics.transactions.labels(outcome="aborted").inc()
+        return True
+
+    def _init_producer(self) -> bool:
+        """Initialise a replacement producer's transactions; True when done."""
+        init = partial(self._producer.init_transactions, self._settings.timeout_s)
+        if not self._repeatable("init_transactions", init, "new producer not initialised yet"):
+            return False
+        self._needs_init = False
+        log.info("replacement producer initialised", extra={"replacements": self._replacements})
+        return True
+
+    def _repeatable(self, name: str, call: Callable[[], None], not_yet: str) -> bool:
+        """`call` (one that may simply be called again later), guarded; True when it succeeded.
+        A hung call or a fatal error replaces (or, fenced, stops) the producer; a retriable
+        error is logged as `not_yet` and left for the next due tick."""
         try:
-            self._guarded(
-                "abort_transaction",
-                lambda: self._producer.abort_transaction(self._settings.timeout_s),
-            )
+            self._guarded(name, call)
         except CallHung as hung:
             self._replace_producer(str(hung), "CALL_HUNG")
             return False
@@ -388,10 +406,8 @@ class Transactions:
             if error.fatal() or not error.retriable():
                 self._failed_fatally(error)
             else:
-                log.warning("abort not finished; resumed later", extra={"error": error.name()})
+                log.warning(not_yet, extra={"error": error.name()})
             return False
-        self._abort_pending = False
-        self._metrics.transactions.labels(outcome="aborted").inc()
         return True
 
     def _failed_fatally(self, error: KafkaError) -> None:
@@ -421,27 +437,6 @@ class Transactions:
         self._producer = self._new_producer()
         self._abort_pending = False
         self._needs_init = True
-
-    def _init_producer(self) -> bool:
-        """Initialise a replacement producer's transactions; True when done."""
-        try:
-            self._guarded(
-                "init_transactions",
-                lambda: self._producer.init_transactions(self._settings.timeout_s),
-            )
-        except CallHung as hung:
-            self._replace_producer(str(hung), "CALL_HUNG")
-            return False
-        except KafkaException as exc:
-            error = _error(exc)
-            if error.fatal() or not error.retriable():
-                self._failed_fatally(error)
-            else:
-                log.warning("new producer not initialised yet", extra={"error": error.name()})
-            return False
-        self._needs_init = False
-        log.info("replacement producer initialised", extra={"replacements": self._replacements})
-        return True
 
     def _stop(self, reason: str, error_name: str) -> None:
         """Stop producing for good; the buffered work is dropped (the new owner redoes it)."""
