@@ -675,22 +675,25 @@ def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
     command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
     command += ["-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}"]
     command += ["-addext", f"subjectAltName=DNS:{name}"]
-    subprocess.run(
-        command,
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run(command, check=True, capture_output=True)
     return cert, key
+
+
+def _serve_tls(server: _Server, tmp_path: Path, name: str) -> Path:
+    """Make `server` answer TLS with a self-signed certificate for `name`; returns the
+    certificate (the CA bundle that trusts it)."""
+    cert, key = _self_signed(tmp_path, name)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    return cert
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_https_checks_the_certificate_against_the_original_name(
     server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cert, key = _self_signed(tmp_path, "videos.test")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    cert = _serve_tls(server, tmp_path, "videos.test")
     real_getaddrinfo = socket.getaddrinfo
 
     def fake_getaddrinfo(host: str, *args: object, **kwargs: object) -> list:
@@ -822,10 +825,7 @@ def test_messages_do_not_echo_resolved_addresses(
 def test_https_never_redirects_down_to_http(
     server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cert, key = _self_signed(tmp_path, "videos.test")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    cert = _serve_tls(server, tmp_path, "videos.test")
     resolve_to_loopback(monkeypatch, "videos.test")
     downloads = tmp_path / "downloads"
     downloads.mkdir()
