@@ -1,7 +1,8 @@
 """What the benchmarks run on: checkpoints built with the models API, videos from training.synth.
 
-No weights are downloaded: backbones and members are randomly initialised, which costs exactly
-as much compute as trained weights (the verdicts themselves are meaningless and never reported).
+No weights are downloaded: backbones (but the O-net, whose weights ship in the facenet-pytorch
+wheel) and members are randomly initialised, which costs exactly as much compute as trained
+weights (the verdicts themselves are meaningless and never reported).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from models.checkpoint import save_checkpoint
 from models.ensemble import Ensemble
 from models.spec import (
     DEFAULT_MEMBERS,
+    ONET_INPUT_SIZE,
     BackboneSpec,
     ComputeDtype,
     EnsembleSpec,
@@ -27,6 +29,7 @@ from models.spec import (
     PipelineSpec,
     SamplingSpec,
 )
+from training.demo import BOX_SMOOTHING_S, DEMO_MEMBERS
 from training.synth import SYNTH_ENCODING, generate_dataset, plan_clips, upload_encoding
 from training.synth_render import render_clip
 
@@ -53,6 +56,23 @@ def representative_spec(dtype: ComputeDtype) -> PipelineSpec:
         backbone=BackboneSpec(arch="resnet50", weights="none", dtype=dtype),
         ensemble=EnsembleSpec(members=DEFAULT_MEMBERS),
         training={"source": "benchmarks.assets", "weights": "random init (timing only)"},
+    )
+
+
+def onet_spec(dtype: ComputeDtype) -> PipelineSpec:
+    """The demo's model, the one that serves on CPU-only machines: MTCNN with smoothed boxes,
+    O-net face features (the facenet-pytorch wheel's weights) and the demo's three small members
+    (random init), every 30th frame (at most 64)."""
+    return PipelineSpec(
+        name="bench-onet",
+        version="bench",
+        sampling=SamplingSpec(mode="every_nth", every_nth=EVERY_NTH, max_frames=64),
+        face=FaceSpec(detector="mtcnn", no_face="full_frame", box_smoothing_s=BOX_SMOOTHING_S),
+        backbone=BackboneSpec(
+            arch="mtcnn_onet", weights="facenet", input_size=ONET_INPUT_SIZE, dtype=dtype
+        ),
+        ensemble=EnsembleSpec(members=DEMO_MEMBERS),
+        training={"source": "benchmarks.assets", "weights": "O-net facenet, members random init"},
     )
 
 
@@ -85,7 +105,8 @@ def drill_spec() -> PipelineSpec:
 
 
 def write_checkpoint(path: Path, spec: PipelineSpec, seed: int = 0) -> Path:
-    """A random-init checkpoint of `spec`, saved with the models API."""
+    """A checkpoint of `spec` with random-init members (and backbone, unless its weights are the
+    O-net's from the facenet-pytorch wheel), saved with the models API."""
     backbone = build_backbone(spec.backbone, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

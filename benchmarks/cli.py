@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.assets import GOPS, RESOLUTIONS
-from benchmarks.context import Context
+from benchmarks.context import MODELS, Context
 from benchmarks.report import Report, render
 
 BENCHMARKS: dict[str, str] = {
@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         default="at-least-once",
         help="the workers' delivery guarantee (drills)",
     )
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="size",
+        help="the benchmark checkpoint: the size's own (representative ResNet50 at full, a "
+        "MobileNet at smoke) or the demo's O-net model, which serves CPU-only machines",
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -95,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolution=args.resolution,
             gop=args.gop,
             delivery=args.delivery,
+            model=args.model,
         )
         reports = []
         for name in names:

@@ -9,13 +9,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from benchmarks.assets import representative_spec, smoke_spec, synth_videos, write_checkpoint
+from benchmarks.assets import (
+    onet_spec,
+    representative_spec,
+    smoke_spec,
+    synth_videos,
+    write_checkpoint,
+)
 from benchmarks.machine import bf16_supported, machine_info
 from benchmarks.report import Report
 from deploy.local.worker_process import REPO
 from models.spec import ComputeDtype
 
 Size = Literal["smoke", "full"]
+Model = Literal["size", "onet"]
+MODELS: tuple[Model, ...] = ("size", "onet")
+"""`--model`: the size's own (representative ResNet50 at `full`, the smoke model at `smoke`) or
+the demo's O-net model (`benchmarks.assets.onet_spec`)."""
 
 
 class ProbeFailed(RuntimeError):
@@ -33,6 +43,7 @@ class Context:
     resolution: str = "160"  # clip size of `stages` and `pipeline` (benchmarks.assets)
     gop: str | None = None  # their keyframe interval (None: the synth's own 160 px clips)
     delivery: str = "at-least-once"  # the workers' DFD_DELIVERY where a benchmark takes it (drills)
+    model: Model = "size"  # the benchmark checkpoint's model
 
     @property
     def dtype(self) -> ComputeDtype:
@@ -40,10 +51,15 @@ class Context:
         return "bfloat16" if bf16_supported(self.device) else "float32"
 
     def checkpoint(self) -> Path:
-        """The benchmark checkpoint of this size (representative for `full`), made once."""
-        path = self.root / f"bench-{self.size}-{self.dtype}.safetensors"
+        """The benchmark checkpoint of this size and model (representative for `full`), made
+        once."""
+        name = self.size if self.model == "size" else self.model
+        path = self.root / f"bench-{name}-{self.dtype}.safetensors"
         if not path.is_file():
-            spec = representative_spec if self.size == "full" else smoke_spec
+            if self.model == "onet":
+                spec = onet_spec
+            else:
+                spec = representative_spec if self.size == "full" else smoke_spec
             write_checkpoint(path, spec(self.dtype))
         return path
 
@@ -60,7 +76,7 @@ class Context:
         )
 
     def report(self, name: str, **config: Any) -> Report:
-        clips = {"resolution": self.resolution, "gop": self.gop}
+        clips = {"resolution": self.resolution, "gop": self.gop, "model": self.model}
         return Report(
             name=name,
             size=self.size,

@@ -253,7 +253,8 @@ def run(ctx: Context) -> Report:
                 f"worker repeat {index} returned error verdicts: {figures['errors']}"
             )
     report.notes.append(
-        "random-init ResNet50/members (timing only: same compute as trained weights); "
+        f"model {ctx.model!r}: random-init backbone (the O-net's own weights with `onet`) and "
+        "members (timing only: same compute as trained weights); "
         "b and c compile the backbone (torch.compile, inductor, frozen weights), a runs eager "
         "as the notebooks did; "
         f"each arm's median of {repeats} interleaved repeats (repeats_* list them all); "

@@ -325,6 +325,6 @@ def run(ctx: Context) -> Report:
         f"limiting stage at the worker's settings: {limiting} ({rates[limiting]} frames/s); "
         "stage arms: median of the repeats after a warm-up, frames = sampled frames; "
         "worker arms: VideoProcessor without Kafka, in-process cache, every request a miss; "
-        "random-init weights (timing only)"
+        f"model {ctx.model!r}: random-init weights, but the O-net's own with `onet` (timing only)"
     )
     return report
