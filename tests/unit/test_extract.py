@@ -3,6 +3,7 @@ that places a stored video elsewhere is refused."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shutil
@@ -12,6 +13,7 @@ import pytest
 
 from tests.videos import index_frames, make_video
 from training.cli import main
+from training.commands.extract import add_parser, store_spec_from_args
 from training.features import SpecMismatch
 from training.manifest import ManifestRow, read_manifest, write_manifest
 
@@ -72,3 +74,19 @@ def test_a_manifest_with_other_splits_is_refused(tmp_path: Path) -> None:
     write_manifest(manifest, [dataclasses.replace(rows[0], split="test"), *rows[1:]])
     with pytest.raises(SpecMismatch, match=r"clips/v0\.mp4 is stored as .*/train"):
         _extract(manifest, store)
+
+
+def test_keyframes_flag_snaps_train_and_inference_sampling_alike() -> None:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    base = ["extract", "--manifest", "m.csv", "--out", "s", "--sampling", "uniform"]
+    plain = store_spec_from_args(parser.parse_args([*base, "--inference-frames", "8"]))
+    snapped = store_spec_from_args(
+        parser.parse_args([*base, "--inference-frames", "8", "--keyframes", "0.25"])
+    )
+    assert plain.inference_sampling.keyframes is None
+    samplings = [snapped.inference_sampling, *snapped.train_sampling.values()]
+    assert [s.keyframes.tolerance_s for s in samplings if s.keyframes] == [0.25] * 3
+    assert snapped.inference_sampling.num_frames == plain.inference_sampling.num_frames == 8
+    with pytest.raises(ValueError):
+        store_spec_from_args(parser.parse_args([*base, "--keyframes", "-1"]))

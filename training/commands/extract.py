@@ -9,7 +9,7 @@ from typing import Any, get_args
 
 import torch
 
-from models.spec import BackboneArch, PipelineSpec, SamplingSpec
+from models.spec import BackboneArch, KeyframeSnap, PipelineSpec, SamplingSpec
 from training.augment import AugmentSpec
 from training.dataset_card import copy_card
 from training.extract import extract, open_store
@@ -59,6 +59,10 @@ def store_spec_from_args(args: argparse.Namespace) -> StoreSpec:
                 mode="every_nth", every_nth=args.fake_every, max_frames=max_frames
             ),
         }
+    if args.keyframes is not None:
+        snap = {"keyframes": KeyframeSnap(tolerance_s=args.keyframes)}
+        inference = inference.model_copy(update=snap)
+        train = {label: spec.model_copy(update=snap) for label, spec in train.items()}
     return StoreSpec(
         inference_sampling=inference,
         train_sampling=train,
@@ -105,6 +109,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["every_nth", "uniform"],
         default="every_nth",
         help="TRAIN sampling: per label every n-th frame (research setup) or uniform",
+    )
+    parser.add_argument(
+        "--keyframes",
+        type=float,
+        metavar="TOL",
+        help="snap every sample time (TRAIN and inference) to a keyframe at most TOL s away",
     )
     parser.add_argument("--fake-every", type=int, default=60)
     parser.add_argument("--real-every", type=int, default=30)
