@@ -7,7 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from benchmarks.assets import (
     onet_spec,
@@ -23,7 +23,7 @@ from models.spec import ComputeDtype
 
 Size = Literal["smoke", "full"]
 Model = Literal["size", "onet"]
-MODELS: tuple[Model, ...] = ("size", "onet")
+MODELS: tuple[Model, ...] = get_args(Model)
 """`--model`: the size's own (representative ResNet50 at `full`, the smoke model at `smoke`) or
 the demo's O-net model (`benchmarks.assets.onet_spec`)."""
 
