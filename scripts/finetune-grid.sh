@@ -13,37 +13,29 @@ members=(--members lstm64,lstm32,gru64 --temporal-change --epochs 40)
 faces=(--detector mtcnn --no-face full_frame --box-smoothing-s 0.5)
 sampling=(--inference-frames 36 --sampling uniform)
 step() { local name=$1; shift; local t0=$SECONDS; "$@" > /dev/null; echo "$name $((SECONDS - t0)) s" >&2; }
+# extract (backbone args in "$@") into $s/STORE, train the members into $s/RUN, evaluate them
+chain() {
+  local label=$1 store=$2 run=$3; shift 3
+  step "seed $seed extract $label" $py -m training extract --manifest "$s/manifest.csv" \
+    --out "$s/$store" "$@" "${faces[@]}" "${sampling[@]}" --seed "$seed"
+  step "seed $seed train $label" $py -m training train --store "$s/$store" --out "$s/$run" \
+    "${members[@]}" --seed "$seed"
+  step "seed $seed evaluate $label" $py -m training evaluate --store "$s/$store" --run "$s/$run"
+}
 for seed in ${seeds[*]}; do
   s=$out/s$seed
   step "seed $seed demo (O-net)" $py -m training demo --out "$s" --seed "$seed"
-  step "seed $seed extract random resnet50" $py -m training extract --manifest "$s/manifest.csv" \
-    --out "$s/store-rand" --arch resnet50 --weights none --input-size 64 "${faces[@]}" \
-    "${sampling[@]}" --seed "$seed"
-  step "seed $seed train random resnet50" $py -m training train --store "$s/store-rand" \
-    --out "$s/run-rand" "${members[@]}" --seed "$seed"
-  step "seed $seed evaluate random resnet50" $py -m training evaluate --store "$s/store-rand" \
-    --run "$s/run-rand"
+  chain "random resnet50" store-rand run-rand --arch resnet50 --weights none --input-size 64
   step "seed $seed finetune resnet18" $py -m training finetune --manifest "$s/manifest.csv" \
     --out "$s/ft" --arch resnet18 --weights none --input-size 64 "${faces[@]}" --frames 8 \
     --epochs 8 --seed "$seed"
-  step "seed $seed extract fine-tuned resnet18" $py -m training extract --manifest \
-    "$s/manifest.csv" --out "$s/store-ft" --arch resnet18 \
-    --weights "file:$s/ft/backbone.safetensors" --input-size 64 "${faces[@]}" "${sampling[@]}" \
-    --seed "$seed"
-  step "seed $seed train fine-tuned resnet18" $py -m training train --store "$s/store-ft" \
-    --out "$s/run-ft" "${members[@]}" --seed "$seed"
-  step "seed $seed evaluate fine-tuned resnet18" $py -m training evaluate --store "$s/store-ft" \
-    --run "$s/run-ft"
+  chain "fine-tuned resnet18" store-ft run-ft --arch resnet18 \
+    --weights "file:$s/ft/backbone.safetensors" --input-size 64
   step "seed $seed finetune onet" $py -m training finetune --manifest "$s/manifest.csv" \
     --out "$s/ft-onet" --arch mtcnn_onet --weights facenet --input-size 48 "${faces[@]}" \
     --frames 8 --epochs 8 --lr 3e-4 --seed "$seed"
-  step "seed $seed extract fine-tuned onet" $py -m training extract --manifest "$s/manifest.csv" \
-    --out "$s/store-ft-onet" --arch mtcnn_onet --weights "file:$s/ft-onet/backbone.safetensors" \
-    --input-size 48 "${faces[@]}" "${sampling[@]}" --seed "$seed"
-  step "seed $seed train fine-tuned onet" $py -m training train --store "$s/store-ft-onet" \
-    --out "$s/run-ft-onet" "${members[@]}" --seed "$seed"
-  step "seed $seed evaluate fine-tuned onet" $py -m training evaluate \
-    --store "$s/store-ft-onet" --run "$s/run-ft-onet"
+  chain "fine-tuned onet" store-ft-onet run-ft-onet --arch mtcnn_onet \
+    --weights "file:$s/ft-onet/backbone.safetensors" --input-size 48
 done
 for seed in ${seeds[*]}; do
   for arm in run run-rand run-ft run-ft-onet; do
