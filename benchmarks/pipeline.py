@@ -22,7 +22,9 @@ reports the CPU seconds it used per frame (the work done, whatever share of the 
 an oversubscribed machine a multi-threaded OpenMP team on the main thread can burn several times
 the CPU of one thread at its barriers (the worker computes in its batcher threads). A last arm
 runs (c) uncompiled, in the worker's dtype and in float32, to show what the compilation and the
-compute dtype buy on this CPU.
+compute dtype buy on this CPU. At `--size smoke` nothing is compiled (compiling takes over a
+minute per process on 2 cores, and the smoke run only checks that every arm runs), so b and c run
+eager and the uncompiled arm, the same as c there, is left out.
 """
 
 from __future__ import annotations
@@ -113,7 +115,10 @@ def run(ctx: Context) -> Report:
     size = SIZES[ctx.size]
     count, repeats = size["videos"], size["repeats"]
     thread_counts = sorted({1, os.cpu_count() or 1})
-    report = ctx.report("pipeline", **size, torch_threads=thread_counts, worker_dtype=ctx.dtype)
+    compiled = ctx.size == "full"
+    report = ctx.report(
+        "pipeline", **size, torch_threads=thread_counts, worker_dtype=ctx.dtype, compiled=compiled
+    )
     checkpoint = ctx.checkpoint()
     videos = ctx.videos(
         1 + repeats * count,
@@ -125,7 +130,8 @@ def run(ctx: Context) -> Report:
     sets = [videos[1 + r * count : 1 + (r + 1) * count] for r in range(repeats)]
     common = ["--checkpoint", checkpoint, "--warmup", warmup]
     pooled = ["--pooled", str(MAX_BATCH_FRAMES)]
-    compiled = [*pooled, "--compile"]
+    compile_flag = ["--compile"] if compiled else []
+    decoding = [*compile_flag, "--decode"]
     research, bare, worker = "a_research_fp32", f"c_bare_{ctx.dtype}_pooled", "b_worker_e2e"
     full, keyframes = "d_decode_and_compute_full", "d_decode_and_compute_keyframes"
     only_full, only_keyframes = "e_decode_only_full", "e_decode_only_keyframes"
@@ -144,7 +150,7 @@ def run(ctx: Context) -> Report:
             checkpoint,
             [videos[0].parent.parent],
             ctx.workdir / "logs",
-            compile_backbone="true",
+            compile_backbone=str(compiled).lower(),
         ) as workers,
     ):
         workers.burst(requests_for([warmup], f"warmup-{uuid.uuid4().hex[:8]}"))
@@ -153,9 +159,9 @@ def run(ctx: Context) -> Report:
                 scratch = ctx.workdir / f"jpeg{index}-{threads}"
                 probe(research, threads, "research", "--scratch", scratch, *timed)
             for threads in thread_counts:
-                probe(bare, threads, "bare", *compiled, *timed)
-            probe(full, cores, "bare", "--compile", "--decode", *timed)
-            probe(keyframes, cores, "bare", "--compile", "--decode", "--keyframes", SNAP_S, *timed)
+                probe(bare, threads, "bare", *pooled, *compile_flag, *timed)
+            probe(full, cores, "bare", *decoding, *timed)
+            probe(keyframes, cores, "bare", *decoding, "--keyframes", SNAP_S, *timed)
             probe(only_full, cores, "bare", "--decode", "--decode-only", *timed)
             probe(
                 only_keyframes,
@@ -170,8 +176,9 @@ def run(ctx: Context) -> Report:
             load1 = _load1()
             runs[worker].append(_worker_figures(workers, timed, f"p{index}") | {"load1": load1})
         workers_rss = workers.peak_rss_mib()
-    for threads in thread_counts:
-        probe(f"c_bare_{ctx.dtype}_pooled_eager", threads, "bare", *pooled, *sets[0])
+    if compiled:
+        for threads in thread_counts:
+            probe(f"c_bare_{ctx.dtype}_pooled_eager", threads, "bare", *pooled, *sets[0])
     if ctx.dtype != "float32":
         for threads in thread_counts:
             probe(
@@ -203,8 +210,10 @@ def run(ctx: Context) -> Report:
             report.results[worker]["cpu_ms_per_frame"],
         ),
     }
-    eager = report.results[_best(report.results, f"c_bare_{ctx.dtype}_pooled_eager")]
-    report.ratios["compiled/eager bare pooled videos_per_s"] = ratio(c, eager["videos_per_s"])
+    eager_arm = f"c_bare_{ctx.dtype}_pooled_eager" if compiled else bare
+    eager = report.results[_best(report.results, eager_arm)]
+    if compiled:
+        report.ratios["compiled/eager bare pooled videos_per_s"] = ratio(c, eager["videos_per_s"])
     if ctx.dtype != "float32":
         fp32 = report.results[_best(report.results, "c_bare_float32_pooled_eager")]
         report.ratios[f"{ctx.dtype}/float32 bare pooled eager videos_per_s"] = ratio(
@@ -252,11 +261,15 @@ def run(ctx: Context) -> Report:
             report.failures.append(
                 f"worker repeat {index} returned error verdicts: {figures['errors']}"
             )
+    compilation = (
+        "b and c compile the backbone (torch.compile, inductor, frozen weights), a runs eager as "
+        "the notebooks did"
+        if compiled
+        else "nothing is compiled at smoke size (b, c and d run eager)"
+    )
     report.notes.append(
         f"model {ctx.model!r}: random-init backbone (the O-net's own weights with `onet`) and "
-        "members (timing only: same compute as trained weights); "
-        "b and c compile the backbone (torch.compile, inductor, frozen weights), a runs eager "
-        "as the notebooks did; "
+        f"members (timing only: same compute as trained weights); {compilation}; "
         f"each arm's median of {repeats} interleaved repeats (repeats_* list them all); "
         "a and c run with 1 torch thread and with one per core (_t<n>), and the ratios use the "
         "faster of the two; "
@@ -264,9 +277,9 @@ def run(ctx: Context) -> Report:
         "a/c latencies are per-video service times; see b's service_* and stage_mean_ms; "
         "cpu_ms_per_frame counts every thread of the arm's process (a: and ffmpeg); "
         "d decodes and computes one video after the other in one process (decode timed, "
-        f"compiled backbone, {cores} torch threads), with the checkpoint's sampling (full: every "
-        f"frame decoded) and snapped to keyframes within {SNAP_S} s; e is d without the "
-        "faces, backbone and heads; "
+        f"{'compiled' if compiled else 'eager'} backbone, {cores} torch threads), with the "
+        "checkpoint's sampling (full: every frame decoded) and snapped to keyframes within "
+        f"{SNAP_S} s; e is d without the faces, backbone and heads; "
         "video_frames_per_s = videos/s x frames per clip, decode_ceiling_fraction = that / "
         "config.decode_ceiling.frames_per_s (every core decoding the first set's clips, plus "
         "NVDEC where present)"
