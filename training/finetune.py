@@ -67,6 +67,12 @@ class FinetuneConfig(BaseModel):
     patience: int = Field(3, ge=1)
     seed: int = 0
     dataset_fakes: bool = True
+    self_blend_p: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="chance of a self-blended twin per real crop (0: the dataset's fakes only)",
+    )
     blend: BlendSpec = BlendSpec()
     flip_p: float = Field(0.5, ge=0.0, le=1.0)
     jpeg_p: float = Field(0.3, ge=0.0, le=1.0)
@@ -111,14 +117,14 @@ def training_batch(
     rng: np.random.Generator,
 ) -> tuple[Tensor, Tensor]:
     """The images and targets of one step: the crops at `indices`, a self-blended twin of each
-    real one, then flips and JPEG re-compression."""
+    real one (with chance `self_blend_p`), then flips and JPEG re-compression."""
     targets = crops.frame_targets()
     images, labels = [], []
     for index in indices.tolist():
         crop = crops.crops[index]
         images.append(crop)
         labels.append(int(targets[index]))
-        if labels[-1] == 0:
+        if labels[-1] == 0 and _draws_twin(config.self_blend_p, rng):
             images.append(self_blend(crop, config.blend, rng).image)
             labels.append(1)
     out = []
@@ -130,6 +136,12 @@ def training_batch(
             image = jpeg_roundtrip(image[None], quality)[0]
         out.append(image)
     return torch.stack(out), torch.tensor(labels, dtype=torch.int64)
+
+
+def _draws_twin(chance: float, rng: np.random.Generator) -> bool:
+    """Whether a real crop gets a self-blended twin (no draw at chance 1: runs made before the
+    setting existed draw the same numbers)."""
+    return chance == 1.0 or rng.random() < chance
 
 
 def train_one_epoch(
@@ -214,6 +226,8 @@ def finetune(
     val_rows = [r for r in rows if r.split == "val"]
     if not any(r.label == "real" for r in train_rows):
         raise ValueError("finetune needs real TRAIN videos (the self-blended fakes come from them)")
+    if config.self_blend_p == 0 and not any(r.label == "fake" for r in train_rows):
+        raise ValueError("without self-blended twins finetune needs the TRAIN split's fake videos")
     if {r.label for r in val_rows} != {"real", "fake"}:
         raise ValueError("finetune needs VAL videos of both labels to choose the epoch")
     train = cached_crops(out / "crops-train.safetensors", train_rows, config)
@@ -231,7 +245,7 @@ def finetune(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15
     )
     frame_targets = train.frame_targets()
-    twins = int((frame_targets == 0).sum())
+    twins = round(int((frame_targets == 0).sum()) * config.self_blend_p)
     weights = class_weights(frame_targets.tolist() + [1] * twins)
     stopper = EarlyStopping(config.patience)
     history = _resume(out, model, optimizer, scheduler, stopper, steps)
@@ -292,7 +306,7 @@ def _save_weights(
     """Write the headless backbone with its record (written when VAL AUC improves)."""
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     record = {
-        "method": "self-blended images (Shiohara & Yamasaki, CVPR 2022), landmark-free masks",
+        "method": _method(config),
         "arch": config.backbone.arch,
         "start_weights": config.backbone.weights,
         "start_weights_sha256": start_digest,
@@ -305,6 +319,16 @@ def _save_weights(
     temporary = out / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(temporary), metadata={RECORD_KEY: json.dumps(record)})
     temporary.replace(out / WEIGHTS_FILE)
+
+
+def _method(config: FinetuneConfig) -> str:
+    """How the fakes of a run were made, in words (for the record)."""
+    blended = "self-blended images (Shiohara & Yamasaki, CVPR 2022), landmark-free masks"
+    if config.self_blend_p == 0:
+        return "supervised on the dataset's fake videos"
+    if config.dataset_fakes:
+        return f"{blended}, and the dataset's fake videos"
+    return blended
 
 
 def _save_state(

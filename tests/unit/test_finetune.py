@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from models.backbones import build_backbone, weights_digest
@@ -21,8 +22,10 @@ from training.finetune import (
     FinetuneConfig,
     FrameClassifier,
     evaluate,
+    finetune,
     finetune_record,
     train_one_epoch,
+    training_batch,
 )
 from training.manifest import ManifestRow, write_manifest
 from training.train import class_weights
@@ -72,6 +75,21 @@ def test_evaluate_pools_frames_per_video() -> None:
     model = FrameClassifier(build_backbone(TINY), TINY)
     result = evaluate(model, crops, torch.device("cpu"))
     assert set(result) == {"val_loss", "val_auc"} and result["val_auc"] in (0.0, 0.5, 1.0)
+
+
+@pytest.mark.parametrize(("chance", "twins"), [(1.0, 3), (0.0, 0)])
+def test_self_blend_p_sets_the_twins_of_real_crops(chance: float, twins: int) -> None:
+    crops = CropSet(_faces(5, 2), torch.arange(5), [f"v{i}" for i in range(5)], [0, 0, 0, 1, 1])
+    config = FinetuneConfig(backbone=TINY, self_blend_p=chance, jpeg_p=0.0)
+    images, labels = training_batch(crops, np.arange(5), config, np.random.default_rng(0))
+    assert labels.tolist().count(1) == 2 + twins and len(images) == 5 + twins
+
+
+def test_supervised_finetune_needs_the_datasets_fakes(tmp_path: Path) -> None:
+    rows = [ManifestRow("r.mp4", "real", "a", "train"), ManifestRow("f.mp4", "fake", "b", "val")]
+    config = FinetuneConfig(backbone=TINY, self_blend_p=0.0, dataset_fakes=False)
+    with pytest.raises(ValueError, match="fake videos"):
+        finetune(rows, tmp_path / "ft", config)
 
 
 def _dataset(root: Path) -> Path:

@@ -53,6 +53,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_false",
         help="train on self-blended fakes only (ignore the TRAIN split's fake videos)",
     )
+    parser.add_argument(
+        "--self-blend-p",
+        type=float,
+        default=_default("self_blend_p"),
+        help="chance that a real crop gets a self-blended twin (0 with the dataset's fakes: "
+        "supervised fine-tuning)",
+    )
     parser.add_argument("--amp", choices=["auto", "bfloat16", "off"], default=_default("amp"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -76,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         patience=args.patience,
         seed=args.seed,
         dataset_fakes=args.dataset_fakes,
+        self_blend_p=args.self_blend_p,
         amp=args.amp,
         threads=args.threads,
     )
