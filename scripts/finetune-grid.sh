@@ -6,9 +6,9 @@
 #   ft-onet    the O-net fine-tuned from its own weights (the same fakes)
 #   ft-onet-sup the O-net fine-tuned on the dataset's fakes alone (supervised, no self-blending:
 #              what fine-tuning reaches when it trains on the test's kind of fake)
-# Usage: [ARMS="rand ft ..."] scripts/finetune-grid.sh OUT [SEEDS...]; prints one line per arm
-# and seed from the runs' report.json (ensemble VAL and TEST ROC-AUC) into OUT/grid.tsv. Steps
-# resume.
+# Usage: [ARMS="rand ft ..."] scripts/finetune-grid.sh OUT [SEEDS...]. Steps resume. At the end
+# `training compare` writes OUT/report.md (ensemble VAL / TEST ROC-AUC, the arms side by side,
+# seeds as columns, with means) and the script prints it.
 set -euo pipefail
 out=${1:?usage: [ARMS=...] scripts/finetune-grid.sh OUT [SEEDS...]}
 shift
@@ -46,13 +46,9 @@ for seed in ${seeds[*]}; do
   step "seed $seed demo (O-net)" $py -m training demo --out "$s" --seed "$seed"
   for arm in "${arms[@]}"; do "arm_$arm"; done
 done
+runs=()
 for seed in ${seeds[*]}; do
-  for run in run "${arms[@]/#/run-}"; do
-    $py - "$out/s$seed/$run/report.json" "$seed" "$run" <<'PY' | tee -a "$out/grid.tsv"
-import json, sys
-report = json.load(open(sys.argv[1]))
-ensemble = report["models"]["ensemble"]
-print(sys.argv[2], sys.argv[3], ensemble["val"]["roc_auc"], ensemble["test"]["roc_auc"], sep="\t")
-PY
-  done
+  for run in run "${arms[@]/#/run-}"; do runs+=("$out/s$seed/$run"); done
 done
+$py -m training compare "${runs[@]}" --out "$out/report.md" --title "finetune grid" > /dev/null
+cat "$out/report.md"

@@ -36,6 +36,9 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(
         "training.commands.evaluate", "calibrate on VAL, report members and ensemble on TEST"
     ),
+    "compare": Command(
+        "training.commands.compare", "evaluated runs side by side (VAL / TEST ROC-AUC table)"
+    ),
     "export": Command("training.commands.export", "write the evaluated ensemble as one checkpoint"),
     "explain": Command(
         "training.commands.explain", "attention heatmap strip of one video's face crops"
