@@ -12,7 +12,9 @@ Geometry (shared by every path, so crops never depend on which branch produced t
 
 A frame's face box is the largest detected face, smoothed over the video's face track when
 ``face.box_smoothing_s`` is above 0 (`models.tracking`): detector jitter would otherwise shake
-the crops more than a pasted face flickers.
+the crops more than a pasted face flickers. With ``face.fill_gaps_s`` above 0, frames where the
+detector missed a face between two detections of its track get the track's box, so the crops do
+not jump between the face and the whole frame.
 
 Detection runs MTCNN (facenet-pytorch) on the cropper's device, one batched call per frame size,
 on frames downscaled so their longer side is at most ``face.detect_max_side``. ``min_face_size``
@@ -187,10 +189,11 @@ class FaceCropper:
         return [d for d in detections if d is not None]
 
     def track(self, boxes: Sequence[Box | None], timestamps_s: Sequence[float]) -> list[Box | None]:
-        """One video's boxes smoothed over time (`FaceSpec.box_smoothing_s`; `models.tracking`)."""
+        """One video's boxes smoothed over time and its detector's gaps filled
+        (`FaceSpec.box_smoothing_s`, `FaceSpec.fill_gaps_s`; `models.tracking`)."""
         if self.face.detector == "none":  # whole frames: nothing to track
             return list(boxes)
-        return smooth_boxes(boxes, timestamps_s, self.face.box_smoothing_s)
+        return smooth_boxes(boxes, timestamps_s, self.face.box_smoothing_s, self.face.fill_gaps_s)
 
     def cut(self, detections: Sequence[FaceDetection], boxes: Sequence[Box | None]) -> FaceCrops:
         """The square crop around the box given for each detection's frame (the letterboxed

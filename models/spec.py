@@ -104,6 +104,21 @@ class FaceSpec(_Spec):
         description="standard deviation (seconds) of the Gaussian over which a video's face boxes "
         "are smoothed (local linear fit, models.tracking); 0 uses each frame's detection as is",
     )
+    fill_gaps_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=60.0,
+        description="frames without a detection between two detections of one face track at most "
+        "this many seconds apart get the track's box (models.tracking); 0 leaves them without a "
+        "face. Left out of the spec's JSON when 0, so older checkpoints keep their spec_hash",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_gap_filling(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.fill_gaps_s == 0:
+            data.pop("fill_gaps_s", None)
+        return data
 
 
 class BackboneSpec(_Spec):

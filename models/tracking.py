@@ -10,11 +10,18 @@ frames around it, weighted by a Gaussian of their time distance (local linear re
 motion passes unchanged and unbiased, also at the ends of a clip, where a moving average lags.
 Frames far apart in time (sparse sampling) barely influence each other. A track is cut where the
 box jumps (a scene cut, or another face becomes the largest), so two faces are never averaged.
+
+The detector also misses a face now and then (a dark or blurred face, a turned head). Such a frame
+would fall back to no face, and a crop sequence that jumps between a face and the whole frame
+looks like the flicker of a pasted face. With `max_gap_s` the frames between two detections of
+one track, at most that far apart in time, get the track's box at their own time (the same local
+line; linear interpolation when nothing is smoothed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -25,23 +32,44 @@ MIN_TRACK_IOU = 0.3
 
 
 def smooth_boxes(
-    boxes: Sequence[Box | None], timestamps_s: Sequence[float], sigma_s: float
+    boxes: Sequence[Box | None],
+    timestamps_s: Sequence[float],
+    sigma_s: float,
+    max_gap_s: float = 0.0,
 ) -> list[Box | None]:
     """`boxes` (x1, y1, x2, y2; None where no face was found) smoothed over time; `sigma_s` is the
-    Gaussian's standard deviation in seconds (0 returns the boxes unchanged)."""
+    Gaussian's standard deviation in seconds (0: no smoothing). Frames without a box between two
+    detections of one track at most `max_gap_s` apart get the track's box (0: none do)."""
     if len(boxes) != len(timestamps_s):
         raise ValueError(f"{len(boxes)} boxes for {len(timestamps_s)} timestamps")
-    if sigma_s < 0:
-        raise ValueError(f"sigma_s must not be negative, got {sigma_s}")
+    if sigma_s < 0 or max_gap_s < 0:
+        raise ValueError(f"sigma_s and max_gap_s must not be negative, got {sigma_s}, {max_gap_s}")
     smoothed: list[Box | None] = list(boxes)
-    if sigma_s == 0:
-        return smoothed
     for track in _tracks(boxes):
+        at = track + _gaps(track, timestamps_s, max_gap_s)
+        if sigma_s == 0 and len(at) == len(track):
+            continue
         times = np.asarray([timestamps_s[i] for i in track], dtype=np.float64)
         values = np.asarray([_centre_size(boxes[i]) for i in track], dtype=np.float64)
-        for i, row in zip(track, _local_linear(times, values, sigma_s), strict=True):
+        at_times = np.asarray([timestamps_s[i] for i in at], dtype=np.float64)
+        rows = (
+            _local_linear(times, values, sigma_s, at_times)
+            if sigma_s > 0
+            else np.stack([np.interp(at_times, times, column) for column in values.T], axis=1)
+        )
+        for i, row in zip(at, rows, strict=True):
             smoothed[i] = _corners(row)
     return smoothed
+
+
+def _gaps(track: list[int], timestamps_s: Sequence[float], max_gap_s: float) -> list[int]:
+    """The frames between consecutive detections of `track` that are at most `max_gap_s` apart."""
+    return [
+        missing
+        for before, after in pairwise(track)
+        if after - before > 1 and timestamps_s[after] - timestamps_s[before] <= max_gap_s
+        for missing in range(before + 1, after)
+    ]
 
 
 def _tracks(boxes: Sequence[Box | None]) -> list[list[int]]:
@@ -58,10 +86,12 @@ def _tracks(boxes: Sequence[Box | None]) -> list[list[int]]:
     return tracks
 
 
-def _local_linear(times: np.ndarray, values: np.ndarray, sigma_s: float) -> np.ndarray:
-    """Each row of `values` [N, K] replaced by the Gaussian-weighted least-squares line through
-    all rows, evaluated at its own time."""
-    offsets = times[None, :] - times[:, None]  # [at, of]
+def _local_linear(
+    times: np.ndarray, values: np.ndarray, sigma_s: float, at: np.ndarray
+) -> np.ndarray:
+    """At each time of `at`, the Gaussian-weighted least-squares line through the rows of
+    `values` [N, K] (observed at `times`), evaluated there."""
+    offsets = times[None, :] - at[:, None]  # [at, of]
     weights = np.exp(-0.5 * (offsets / sigma_s) ** 2)
     s0 = weights.sum(axis=1)
     s1 = (weights * offsets).sum(axis=1)

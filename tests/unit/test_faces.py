@@ -275,3 +275,24 @@ def test_whole_frames_are_not_tracked() -> None:
 def test_cut_needs_one_box_per_frame(cropper: FaceCropper) -> None:
     with pytest.raises(ValueError, match="boxes for"):
         cropper.cut(cropper.detect([np.zeros((32, 32, 3), dtype=np.uint8)]), [])
+
+
+def test_a_missed_face_between_two_detections_gets_the_tracks_box(astronaut: np.ndarray) -> None:
+    frames = _panning_astronaut(astronaut, 5)
+    frames[2] = np.full_like(frames[2], 128)  # the detector finds nothing here
+    stamps = [index / 10 for index in range(len(frames))]
+    filling = FaceCropper(FaceSpec(box_smoothing_s=0.3, fill_gaps_s=0.2), CROP)
+    result = filling.crop(frames, stamps)
+    detected = [d.box for d in filling.detect(frames)]
+    assert detected[2] is None
+    assert result.has_face == [True] * 5
+    assert result.boxes == smooth_boxes(detected, stamps, 0.3, max_gap_s=0.2)
+    unfilled = FaceCropper(FaceSpec(box_smoothing_s=0.3), CROP).crop(frames, stamps)
+    assert unfilled.has_face[2] is False
+
+
+def test_gap_filling_is_left_out_of_the_spec_json_when_off() -> None:
+    assert "fill_gaps_s" not in FaceSpec().model_dump(mode="json")
+    filling = FaceSpec(fill_gaps_s=1.0)
+    assert filling.model_dump(mode="json")["fill_gaps_s"] == 1.0
+    assert FaceSpec.model_validate_json(filling.model_dump_json()) == filling

@@ -84,3 +84,35 @@ def test_rejects_mismatched_lengths_and_negative_sigma() -> None:
         smooth_boxes([None, None], [0.0], 1.0)
     with pytest.raises(ValueError, match="negative"):
         smooth_boxes([None], [0.0], -1.0)
+    with pytest.raises(ValueError, match="negative"):
+        smooth_boxes([None], [0.0], 1.0, max_gap_s=-1.0)
+
+
+@given(
+    count=st.integers(3, 30),
+    sigma=st.sampled_from([0.0, 0.1, 0.5, 2.0]),
+    missing=st.sets(st.integers(1, 28), max_size=20),
+)
+def test_filled_gaps_lie_on_steady_motion(count: int, sigma: float, missing: set[int]) -> None:
+    boxes, stamps = _moving(count)  # runs of at most 2 missing frames keep one track
+    holes = {i for i in missing if i < count - 1 and not {i - 1, i - 2} <= missing}
+    with_holes: list[Box | None] = [None if i in holes else b for i, b in enumerate(boxes)]
+    filled = smooth_boxes(with_holes, stamps, sigma, max_gap_s=10.0)
+    np.testing.assert_allclose(_array(filled), _array(boxes), atol=1e-6)
+
+
+def test_only_gaps_between_detections_within_max_gap_are_filled() -> None:
+    boxes, stamps = _moving(12)  # 0.1 s apart
+    missing = {0, 2, 3, 6, 7, 8, 11}
+    holes: list[Box | None] = [None if i in missing else b for i, b in enumerate(boxes)]
+    filled = smooth_boxes(holes, stamps, 0.0, max_gap_s=0.35)
+    assert [i for i, box in enumerate(filled) if box is None] == [0, 6, 7, 8, 11]
+    assert filled[2] is not None and filled[3] is not None
+    np.testing.assert_allclose(_array(filled[2:4]), _array(boxes[2:4]), atol=1e-6)
+    assert smooth_boxes(holes, stamps, 0.0) == holes
+
+
+def test_no_gap_is_filled_across_a_jump_to_another_face() -> None:
+    stamps = [0.0, 0.1, 0.2]
+    boxes: list[Box | None] = [(0.0, 0.0, 40.0, 40.0), None, (200.0, 0.0, 240.0, 40.0)]
+    assert smooth_boxes(boxes, stamps, 0.5, max_gap_s=1.0)[1] is None

@@ -35,6 +35,7 @@ def store_spec_from_args(args: argparse.Namespace) -> StoreSpec:
         detector=args.detector,
         no_face=args.no_face,
         box_smoothing_s=args.box_smoothing_s,
+        fill_gaps_s=args.fill_gaps_s,
     )
     backbone = _updated(
         base.backbone,
@@ -100,6 +101,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--box-smoothing-s",
         type=float,
         help="smooth each video's face boxes over this many seconds (Gaussian sigma; 0: off)",
+    )
+    parser.add_argument(
+        "--fill-gaps-s",
+        type=float,
+        help="give frames without a detection the face track's box where the detections around "
+        "them are at most this many seconds apart (0: off)",
     )
     parser.add_argument(
         "--inference-frames", type=int, help="uniform frames of VAL/TEST (and the checkpoint)"
