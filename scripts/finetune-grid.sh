@@ -6,6 +6,10 @@
 #   ft-onet    the O-net fine-tuned from its own weights (the same fakes)
 #   ft-onet-sup the O-net fine-tuned on the dataset's fakes alone (supervised, no self-blending:
 #              what fine-tuning reaches when it trains on the test's kind of fake)
+#   onet-gaps  the frozen O-net (`demo`'s chain) with the face tracks' detector gaps filled over
+#              up to 1 s (--fill-gaps-s 1.0)
+#   ft-onet-clip the O-net fine-tuned on clips of 8 consecutive crops (self-blended twins that
+#              jitter per frame + the dataset's fakes), all 36 frames of each video, gaps filled
 # Usage: [ARMS="rand ft ..."] scripts/finetune-grid.sh OUT [SEEDS...]. Steps resume. At the end
 # `training compare` writes OUT/report.md (ensemble VAL / TEST ROC-AUC, the arms side by side,
 # seeds as columns, with means) and the script prints it.
@@ -13,17 +17,18 @@ set -euo pipefail
 out=${1:?usage: [ARMS=...] scripts/finetune-grid.sh OUT [SEEDS...]}
 shift
 seeds=("${@:-0 1 2}")
-read -ra arms <<< "${ARMS:-rand ft ft-onet ft-onet-sup}"
+read -ra arms <<< "${ARMS:-rand ft ft-onet ft-onet-sup onet-gaps ft-onet-clip}"
 py=${PYTHON:-python}
 members=(--members lstm64,lstm32,gru64 --temporal-change --epochs 40)
 faces=(--detector mtcnn --no-face full_frame --box-smoothing-s 0.5)
+extra=()  # face settings an arm adds to both finetune and extract (`local extra=(...)`)
 sampling=(--inference-frames 36 --sampling uniform)
 step() { local name=$1; shift; local t0=$SECONDS; "$@" > /dev/null; echo "$name $((SECONDS - t0)) s" >&2; }
 # extract (backbone args in "$@") into $s/store-ARM, train the members into $s/run-ARM, evaluate
 chain() {
   local arm=$1; shift
   step "seed $seed extract $arm" $py -m training extract --manifest "$s/manifest.csv" \
-    --out "$s/store-$arm" "$@" "${faces[@]}" "${sampling[@]}" --seed "$seed"
+    --out "$s/store-$arm" "$@" "${faces[@]}" "${extra[@]}" "${sampling[@]}" --seed "$seed"
   step "seed $seed train $arm" $py -m training train --store "$s/store-$arm" --out "$s/run-$arm" \
     "${members[@]}" --seed "$seed"
   step "seed $seed evaluate $arm" $py -m training evaluate --store "$s/store-$arm" \
@@ -33,14 +38,23 @@ chain() {
 tuned() {
   local arm=$1 arch=$2 size=$3; shift 3
   step "seed $seed finetune $arm" $py -m training finetune --manifest "$s/manifest.csv" \
-    --out "$s/$arm" --arch "$arch" --input-size "$size" "${faces[@]}" --frames 8 --epochs 8 \
-    --seed "$seed" "$@"
+    --out "$s/$arm" --arch "$arch" --input-size "$size" "${faces[@]}" "${extra[@]}" --frames 8 \
+    --epochs 8 --seed "$seed" "$@"
   chain "$arm" --arch "$arch" --input-size "$size" --weights "file:$s/$arm/backbone.safetensors"
 }
 arm_rand() { chain rand --arch resnet50 --weights none --input-size 64; }
 arm_ft() { tuned ft resnet18 64 --weights none; }
 arm_ft-onet() { tuned ft-onet mtcnn_onet 48 --weights facenet --lr 3e-4; }
 arm_ft-onet-sup() { tuned ft-onet-sup mtcnn_onet 48 --weights facenet --lr 3e-4 --self-blend-p 0; }
+arm_onet-gaps() {
+  local extra=(--fill-gaps-s 1.0)
+  chain onet-gaps --arch mtcnn_onet --weights facenet --input-size 48
+}
+arm_ft-onet-clip() {
+  local extra=(--fill-gaps-s 1.0)
+  tuned ft-onet-clip mtcnn_onet 48 --weights facenet --lr 3e-4 --frames 36 --clip-frames 8 \
+    --batch-size 128
+}
 for seed in ${seeds[*]}; do
   s=$out/s$seed
   step "seed $seed demo (O-net)" $py -m training demo --out "$s" --seed "$seed"

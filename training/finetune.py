@@ -7,6 +7,13 @@ Validation scores each VAL video by the mean fake probability of its crops; the 
 best VAL ROC-AUC gives the output weights. As in torchvision's reference scripts, one epoch is
 `train_one_epoch` and validation is `evaluate`.
 
+With `clip_frames` K >= 2 the objective is temporal: the classifier reads windows of K consecutive
+sampled crops, through the backbone, as the mean of their features and the mean absolute change
+from one crop's features to the next (what `temporal_change` members read), and a real window's
+self-blended twin shares one blend whose position, scale and colour jitter from frame to frame
+(`training.selfblend.jittered`). The backbone learns features that move with a pasted face but not
+with the face track. Validation then scores each VAL video's whole crop sequence as one clip.
+
 The output directory holds `backbone.safetensors` (the headless backbone of the best epoch, with
 the finetune record in its metadata: what `extract --weights file:PATH` reads), `finetune.json`
 (the record and the per-epoch history), `log.jsonl`, the crop caches `crops-{train,val}.safetensors`
@@ -18,13 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -38,7 +45,7 @@ from training.crops import CropSet, cut_crops, load_crops, save_crops
 from training.features import dump_json
 from training.manifest import ManifestRow
 from training.scoring import EarlyStopping, roc_auc, video_nll
-from training.selfblend import BlendSpec, self_blend
+from training.selfblend import BlendSpec, draw_blend, jittered, render_blend, self_blend
 from training.train import batches, class_weights, copy_state
 
 logger = logging.getLogger(__name__)
@@ -73,6 +80,12 @@ class FinetuneConfig(BaseModel):
         le=1.0,
         description="chance of a self-blended twin per real crop (0: the dataset's fakes only)",
     )
+    clip_frames: int = Field(
+        0,
+        ge=0,
+        description="0: a frame classifier; K >= 2: a clip classifier over K consecutive sampled "
+        "crops (mean features and mean frame-to-frame change)",
+    )
     blend: BlendSpec = BlendSpec()
     flip_p: float = Field(0.5, ge=0.0, le=1.0)
     jpeg_p: float = Field(0.3, ge=0.0, le=1.0)
@@ -81,6 +94,12 @@ class FinetuneConfig(BaseModel):
         "auto", description="bfloat16 autocast: 'auto' uses it where the device supports it"
     )
     threads: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_clip(self) -> FinetuneConfig:
+        if self.clip_frames == 1 or self.clip_frames > self.frames:
+            raise ValueError(f"clip_frames must be 0 or 2..frames ({self.frames})")
+        return self
 
 
 class FrameClassifier(nn.Module):
@@ -96,6 +115,26 @@ class FrameClassifier(nn.Module):
     def forward(self, crops: Tensor) -> Tensor:
         pixels = (crops.float() / 255.0 - self.mean) / self.std
         return self.head(self.backbone(pixels))
+
+
+class ClipClassifier(nn.Module):
+    """A backbone and a linear real/fake head over a clip's mean features and mean absolute
+    frame-to-frame feature change: `[B, K, 3, S, S]` uint8 clips -> `[B, 2]` logits."""
+
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.norm = nn.LayerNorm(2 * spec.feature_dim)
+        self.head = nn.Linear(2 * spec.feature_dim, 2)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        count, length = clips.shape[:2]
+        pixels = (clips.flatten(0, 1).float() / 255.0 - self.mean) / self.std
+        features = self.backbone(pixels).view(count, length, -1)
+        change = (features[:, 1:] - features[:, :-1]).abs().mean(dim=1)
+        return self.head(self.norm(torch.cat([features.mean(dim=1), change], dim=1)))
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -127,15 +166,87 @@ def training_batch(
         if labels[-1] == 0 and _draws_twin(config.self_blend_p, rng):
             images.append(self_blend(crop, config.blend, rng).image)
             labels.append(1)
-    out = []
-    for image in images:
-        if rng.random() < config.flip_p:
-            image = TF.horizontal_flip(image)
-        if rng.random() < config.jpeg_p:
-            quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
-            image = jpeg_roundtrip(image[None], quality)[0]
-        out.append(image)
+    out = [_augmented(image[None], config, rng)[0] for image in images]
     return torch.stack(out), torch.tensor(labels, dtype=torch.int64)
+
+
+def clip_windows(crops: CropSet, length: int, rng: np.random.Generator) -> list[Tensor]:
+    """Each video's crops cut into `len // length` windows of `length` consecutive crops, from a
+    random offset (videos with fewer crops give none)."""
+    windows = []
+    for video in range(len(crops.paths)):
+        indices = torch.nonzero(crops.video == video).flatten()
+        count = len(indices) // length
+        if count == 0:
+            continue
+        start = int(rng.integers(0, len(indices) - count * length + 1))
+        windows += list(indices[start : start + count * length].view(count, length))
+    return windows
+
+
+def clip_batch(
+    crops: CropSet, windows: Sequence[Tensor], config: FinetuneConfig, rng: np.random.Generator
+) -> tuple[Tensor, Tensor]:
+    """The clips and targets of one step: the windows' crops, a self-blended twin of each real
+    window (one blend per clip, jittered per frame, with chance `self_blend_p`), then one flip
+    and one JPEG re-compression per clip."""
+    targets = crops.frame_targets()
+    clips, labels = [], []
+    for window in windows:
+        clip = crops.crops[window]
+        clips.append(clip)
+        labels.append(int(targets[window[0]]))
+        if labels[-1] == 0 and _draws_twin(config.self_blend_p, rng):
+            clips.append(blended_clip(clip, config.blend, rng))
+            labels.append(1)
+    out = [_augmented(clip, config, rng) for clip in clips]
+    return torch.stack(out), torch.tensor(labels, dtype=torch.int64)
+
+
+def blended_clip(clip: Tensor, spec: BlendSpec, rng: np.random.Generator) -> Tensor:
+    """A `[K, 3, S, S]` uint8 clip's self-blended twin: one blend, jittered per frame with a
+    per-clip strength drawn from [0, 1]."""
+    draw = draw_blend(int(clip.shape[-1]), spec, rng)
+    strength = float(rng.uniform(0.0, 1.0))
+    return torch.stack(
+        [render_blend(crop, jittered(draw, strength, spec, rng)).image for crop in clip]
+    )
+
+
+def _augmented(images: Tensor, config: FinetuneConfig, rng: np.random.Generator) -> Tensor:
+    """`[N, 3, S, S]` uint8 images (a crop or a clip), flipped and JPEG re-compressed together."""
+    if rng.random() < config.flip_p:
+        images = TF.horizontal_flip(images)
+    if rng.random() < config.jpeg_p:
+        quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
+        images = jpeg_roundtrip(images, quality)
+    return images
+
+
+def epoch_batches(
+    crops: CropSet, config: FinetuneConfig, rng: np.random.Generator
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch's training batches: single crops, or clips when `clip_frames` is set."""
+    if config.clip_frames == 0:
+        for indices in batches(rng.permutation(len(crops.crops)), config.batch_size):
+            yield training_batch(crops, indices, config, rng)
+        return
+    windows = clip_windows(crops, config.clip_frames, rng)
+    for chosen in batches(rng.permutation(len(windows)), _clips_per_batch(config)):
+        yield clip_batch(crops, [windows[i] for i in chosen.tolist()], config, rng)
+
+
+def _clips_per_batch(config: FinetuneConfig) -> int:
+    return max(2, config.batch_size // config.clip_frames)
+
+
+def _unit_targets(crops: CropSet, config: FinetuneConfig) -> list[int]:
+    """The targets of an epoch's training units: every crop, or every clip window."""
+    targets = crops.frame_targets()
+    if config.clip_frames == 0:
+        return targets.tolist()
+    windows = clip_windows(crops, config.clip_frames, np.random.default_rng(0))
+    return [int(targets[window[0]]) for window in windows]
 
 
 def _draws_twin(chance: float, rng: np.random.Generator) -> bool:
@@ -145,7 +256,7 @@ def _draws_twin(chance: float, rng: np.random.Generator) -> bool:
 
 
 def train_one_epoch(
-    model: FrameClassifier,
+    model: FrameClassifier | ClipClassifier,
     crops: CropSet,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -154,12 +265,11 @@ def train_one_epoch(
     weights: Tensor,
     device: torch.device,
 ) -> float:
-    """One pass over the TRAIN crops (each real crop with its blended twin); the mean loss."""
+    """One pass over the TRAIN crops or clips (each real one with a blended twin); the mean loss."""
     model.train()
     dtype = amp_dtype(config.amp, device)
     total, count = 0.0, 0
-    for indices in batches(rng.permutation(len(crops.crops)), config.batch_size):
-        images, labels = training_batch(crops, indices, config, rng)
+    for images, labels in epoch_batches(crops, config, rng):
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(images)
@@ -175,22 +285,41 @@ def train_one_epoch(
 
 
 def evaluate(
-    model: FrameClassifier, crops: CropSet, device: torch.device, batch_size: int = 128
+    model: FrameClassifier | ClipClassifier,
+    crops: CropSet,
+    device: torch.device,
+    batch_size: int = 128,
 ) -> dict[str, float]:
-    """Per-video VAL loss and ROC-AUC; a video's score is the mean fake probability of its crops."""
+    """Per-video VAL loss and ROC-AUC; a video's score is the mean fake probability of its crops
+    (a frame classifier) or that of its whole crop sequence as one clip (a clip classifier)."""
     model.eval()
-    frame = []
     with torch.inference_mode():
-        for start in range(0, len(crops.crops), batch_size):
-            logits = model(crops.crops[start : start + batch_size].to(device))
-            frame.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
-    probabilities = torch.cat(frame)
-    per_video = torch.zeros(len(crops.paths)).index_add_(0, crops.video, probabilities)
-    per_video /= torch.bincount(crops.video, minlength=len(crops.paths)).clamp_min(1)
+        if isinstance(model, ClipClassifier):
+            per_video = torch.tensor(
+                [_clip_probability(model, crops, v, device) for v in range(len(crops.paths))]
+            )
+        else:
+            frame = []
+            for start in range(0, len(crops.crops), batch_size):
+                logits = model(crops.crops[start : start + batch_size].to(device))
+                frame.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
+            probabilities = torch.cat(frame)
+            per_video = torch.zeros(len(crops.paths)).index_add_(0, crops.video, probabilities)
+            per_video /= torch.bincount(crops.video, minlength=len(crops.paths)).clamp_min(1)
     return {
         "val_loss": video_nll(per_video, crops.targets),
         "val_auc": roc_auc(crops.targets, per_video),
     }
+
+
+def _clip_probability(
+    model: ClipClassifier, crops: CropSet, video: int, device: torch.device
+) -> float:
+    clip = crops.crops[crops.video == video]
+    if len(clip) < 2:  # no change to read: a repeated crop
+        clip = clip.repeat(2, 1, 1, 1)
+    logits = model(clip[None].to(device))
+    return float(torch.softmax(logits.float(), dim=1)[0, 1])
 
 
 def cached_crops(file: Path, rows: Sequence[ManifestRow], config: FinetuneConfig) -> CropSet:
@@ -236,17 +365,19 @@ def finetune(
     start = build_backbone(config.backbone, seed=config.seed)
     start_digest = weights_digest(start)
     torch.manual_seed(stable_seed(config.seed, "head"))
-    model = FrameClassifier(start, config.backbone).to(target)
+    classifier = ClipClassifier if config.clip_frames else FrameClassifier
+    model = classifier(start, config.backbone).to(target)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    steps = len(batches(np.arange(len(train.crops)), config.batch_size))
+    units = _unit_targets(train, config)
+    per_batch = _clips_per_batch(config) if config.clip_frames else config.batch_size
+    steps = len(batches(np.arange(len(units)), per_batch))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15
     )
-    frame_targets = train.frame_targets()
-    twins = round(int((frame_targets == 0).sum()) * config.self_blend_p)
-    weights = class_weights(frame_targets.tolist() + [1] * twins)
+    twins = round(units.count(0) * config.self_blend_p)
+    weights = class_weights(units + [1] * twins)
     stopper = EarlyStopping(config.patience)
     history = _resume(out, model, optimizer, scheduler, stopper, steps)
     data = {
@@ -324,6 +455,8 @@ def _save_weights(
 def _method(config: FinetuneConfig) -> str:
     """How the fakes of a run were made, in words (for the record)."""
     blended = "self-blended images (Shiohara & Yamasaki, CVPR 2022), landmark-free masks"
+    if config.clip_frames:
+        blended += f", as clips of {config.clip_frames} crops jittered per frame"
     if config.self_blend_p == 0:
         return "supervised on the dataset's fake videos"
     if config.dataset_fakes:

@@ -19,8 +19,11 @@ from training.features import FeatureStore
 from training.finetune import (
     RECORD_FILE,
     WEIGHTS_FILE,
+    ClipClassifier,
     FinetuneConfig,
     FrameClassifier,
+    clip_batch,
+    clip_windows,
     evaluate,
     finetune,
     finetune_record,
@@ -46,11 +49,16 @@ def _faces(count: int, seed: int) -> torch.Tensor:
     return torch.stack(crops)
 
 
-def test_a_few_steps_lower_the_loss() -> None:
+@pytest.mark.parametrize("clip_frames", [0, 4])
+def test_a_few_steps_lower_the_loss(clip_frames: int) -> None:
     torch.manual_seed(0)
-    crops = CropSet(_faces(16, 0), torch.arange(16), [f"v{i}" for i in range(16)], [0] * 16)
-    config = FinetuneConfig(backbone=TINY, batch_size=8, jpeg_p=0.0)
-    model = FrameClassifier(build_backbone(TINY), TINY)
+    if clip_frames:  # 4 real videos of 8 crops: 8 clips an epoch, each with a blended twin
+        crops = CropSet(_faces(32, 0), torch.arange(32) // 8, [f"v{i}" for i in range(4)], [0] * 4)
+    else:
+        crops = CropSet(_faces(16, 0), torch.arange(16), [f"v{i}" for i in range(16)], [0] * 16)
+    config = FinetuneConfig(backbone=TINY, batch_size=8, jpeg_p=0.0, clip_frames=clip_frames)
+    classifier = ClipClassifier if clip_frames else FrameClassifier
+    model = classifier(build_backbone(TINY), TINY)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     weights = class_weights([0] * 16 + [1] * 16)
@@ -70,11 +78,44 @@ def test_a_few_steps_lower_the_loss() -> None:
     assert np.mean(losses[-2:]) < losses[0], losses  # from chance (ln 2) downwards
 
 
-def test_evaluate_pools_frames_per_video() -> None:
-    crops = CropSet(_faces(6, 1), torch.tensor([0, 0, 0, 1, 1, 1]), ["a", "b"], [0, 1])
-    model = FrameClassifier(build_backbone(TINY), TINY)
+@pytest.mark.parametrize("classifier", [FrameClassifier, ClipClassifier])
+def test_evaluate_pools_frames_per_video(
+    classifier: type[FrameClassifier | ClipClassifier],
+) -> None:
+    crops = CropSet(_faces(6, 1), torch.tensor([0, 0, 0, 1, 1, 2]), ["a", "b", "c"], [0, 1, 1])
+    model = classifier(build_backbone(TINY), TINY)
     result = evaluate(model, crops, torch.device("cpu"))
     assert set(result) == {"val_loss", "val_auc"} and result["val_auc"] in (0.0, 0.5, 1.0)
+
+
+def test_clip_windows_are_consecutive_crops_of_one_video() -> None:
+    video = torch.tensor([0] * 7 + [1] * 3 + [2] * 9)
+    crops = CropSet(_faces(19, 3), video, ["a", "b", "c"], [0, 1, 0])
+    windows = clip_windows(crops, 3, np.random.default_rng(0))
+    assert len(windows) == 2 + 1 + 3
+    for window in windows:
+        assert len(set(video[window].tolist())) == 1
+        assert torch.equal(window, torch.arange(int(window[0]), int(window[0]) + 3))
+
+
+def test_clip_batch_gives_each_real_clip_a_jittered_blended_twin() -> None:
+    crops = CropSet(_faces(12, 4), torch.arange(12) // 4, ["a", "b", "c"], [0, 1, 0])
+    config = FinetuneConfig(backbone=TINY, clip_frames=4, jpeg_p=0.0, flip_p=0.0)
+    windows = clip_windows(crops, 4, np.random.default_rng(0))
+    clips, labels = clip_batch(crops, windows, config, np.random.default_rng(1))
+    assert clips.shape == (5, 4, 3, 48, 48) and clips.dtype == torch.uint8
+    assert labels.tolist() == [0, 1, 1, 0, 1]
+    assert torch.equal(clips[0], crops.crops[:4]) and torch.equal(clips[2], crops.crops[4:8])
+    twin = clips[1]
+    assert not torch.equal(twin, clips[0])
+    changes = [(twin[i] != clips[0][i]).any(dim=0) for i in range(4)]
+    assert len({tuple(c.flatten().tolist()) for c in changes}) > 1  # the blend moves per frame
+
+
+@pytest.mark.parametrize("clip_frames", [1, 9])
+def test_clip_frames_is_zero_or_two_to_frames(clip_frames: int) -> None:
+    with pytest.raises(ValueError, match="clip_frames"):
+        FinetuneConfig(backbone=TINY, frames=8, clip_frames=clip_frames)
 
 
 @pytest.mark.parametrize(("chance", "twins"), [(1.0, 3), (0.0, 0)])
@@ -104,15 +145,17 @@ def _dataset(root: Path) -> Path:
     return root / "manifest.csv"
 
 
-def test_weights_round_trip_through_extract(tmp_path: Path) -> None:
+@pytest.mark.parametrize("clip_frames", ["0", "2"])
+def test_weights_round_trip_through_extract(tmp_path: Path, clip_frames: str) -> None:
     manifest, out, store = _dataset(tmp_path / "data"), tmp_path / "ft", tmp_path / "store"
     common = ["--arch", "mtcnn_onet", "--input-size", "48", "--detector", "none"]
     tune = ["finetune", "--manifest", manifest, "--out", out, "--weights", "none", *common]
-    tune += ["--frames", "3", "--epochs", "2", "--batch-size", "4"]
+    tune += ["--frames", "3", "--epochs", "2", "--batch-size", "4", "--clip-frames", clip_frames]
     assert main([str(a) for a in tune]) == 0
     record = finetune_record(out / WEIGHTS_FILE)
     assert record["arch"] == "mtcnn_onet" and record["start_weights"] == "none"
     assert record["data"]["train_videos"] == {"real": 2, "fake": 1}
+    assert record["config"]["clip_frames"] == int(clip_frames)
     history = json.loads((out / RECORD_FILE).read_text())["history"]
     assert [h["epoch"] for h in history] == [0, 1]
 

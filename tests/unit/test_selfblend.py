@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.selfblend import BlendSpec, face_mask, self_blend
+from training.selfblend import BlendSpec, blend_mask, draw_blend, self_blend
 
 SPEC = BlendSpec()
 
@@ -21,7 +21,7 @@ def _crop(seed: int, size: int = 48) -> torch.Tensor:
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), size=st.sampled_from([32, 48, 64]))
 def test_mask_is_a_soft_region_in_range(seed: int, size: int) -> None:
-    mask = face_mask(size, SPEC, np.random.default_rng(seed))
+    mask = blend_mask(draw_blend(size, SPEC, np.random.default_rng(seed)))
     assert mask.shape == (size, size) and mask.dtype == torch.float32
     assert float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
     assert float(mask[size // 2, size // 2]) > 0.0  # the face centre is blended

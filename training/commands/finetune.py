@@ -40,6 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--detector", choices=["mtcnn", "none"], default=face.detector)
     parser.add_argument("--no-face", choices=["drop", "full_frame"], default=face.no_face)
     parser.add_argument("--box-smoothing-s", type=float, default=face.box_smoothing_s)
+    parser.add_argument("--fill-gaps-s", type=float, default=face.fill_gaps_s)
     parser.add_argument("--frames", type=int, default=_default("frames"))
     parser.add_argument("--epochs", type=int, default=_default("epochs"))
     parser.add_argument("--batch-size", type=int, default=_default("batch_size"))
@@ -60,6 +61,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="chance that a real crop gets a self-blended twin (0 with the dataset's fakes: "
         "supervised fine-tuning)",
     )
+    parser.add_argument(
+        "--clip-frames",
+        type=int,
+        default=_default("clip_frames"),
+        help="train on clips of K consecutive sampled crops (mean features and their change from "
+        "frame to frame; self-blended twins jitter per frame); 0: single frames",
+    )
     parser.add_argument("--amp", choices=["auto", "bfloat16", "off"], default=_default("amp"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -73,7 +81,10 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     return FinetuneConfig(
         backbone=BackboneSpec(arch=args.arch, weights=args.weights, input_size=args.input_size),
         face=FaceSpec(
-            detector=args.detector, no_face=args.no_face, box_smoothing_s=args.box_smoothing_s
+            detector=args.detector,
+            no_face=args.no_face,
+            box_smoothing_s=args.box_smoothing_s,
+            fill_gaps_s=args.fill_gaps_s,
         ),
         frames=args.frames,
         epochs=args.epochs,
@@ -84,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         seed=args.seed,
         dataset_fakes=args.dataset_fakes,
         self_blend_p=args.self_blend_p,
+        clip_frames=args.clip_frames,
         amp=args.amp,
         threads=args.threads,
     )
