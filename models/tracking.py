@@ -63,7 +63,10 @@ def smooth_boxes(
 
 
 def _gaps(track: list[int], timestamps_s: Sequence[float], max_gap_s: float) -> list[int]:
-    """The frames between consecutive detections of `track` that are at most `max_gap_s` apart."""
+    """The frames between consecutive detections of `track` that are at most `max_gap_s` apart
+    (none when `max_gap_s` is 0, even where timestamps repeat)."""
+    if max_gap_s == 0:
+        return []
     return [
         missing
         for before, after in pairwise(track)

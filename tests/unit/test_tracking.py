@@ -110,6 +110,8 @@ def test_only_gaps_between_detections_within_max_gap_are_filled() -> None:
     assert filled[2] is not None and filled[3] is not None
     np.testing.assert_allclose(_array(filled[2:4]), _array(boxes[2:4]), atol=1e-6)
     assert smooth_boxes(holes, stamps, 0.0) == holes
+    repeated: list[Box | None] = [(0.0, 0.0, 40.0, 40.0), None, (2.0, 0.0, 42.0, 40.0)]
+    assert smooth_boxes(repeated, [0.5, 0.5, 0.5], 0.0)[1] is None  # 0 fills none
 
 
 def test_no_gap_is_filled_across_a_jump_to_another_face() -> None:
