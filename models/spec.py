@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -43,6 +43,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    _omitted_when: ClassVar[dict[str, Any]] = {}
+    """Fields left out of the JSON while they hold this value (fields added after checkpoints
+    were written: those checkpoints keep their `spec_hash` and digest)."""
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name, unset in self._omitted_when.items():
+            if getattr(self, name) == unset:
+                data.pop(name, None)
+        return data
+
 
 class KeyframeSnap(_Spec):
     """Sample keyframes where they lie close to the sampled times (cheap to decode alone)."""
@@ -70,12 +82,7 @@ class SamplingSpec(_Spec):
     max_frames: Annotated[int, Field(ge=1)] = 64
     keyframes: KeyframeSnap | None = None
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_keyframes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if self.keyframes is None:
-            data.pop("keyframes", None)
-        return data
+    _omitted_when: ClassVar[dict[str, Any]] = {"keyframes": None}
 
 
 class DecodeLimits(_Spec):
@@ -113,12 +120,7 @@ class FaceSpec(_Spec):
         "face. Left out of the spec's JSON when 0, so older checkpoints keep their spec_hash",
     )
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_gap_filling(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if self.fill_gaps_s == 0:
-            data.pop("fill_gaps_s", None)
-        return data
+    _omitted_when: ClassVar[dict[str, Any]] = {"fill_gaps_s": 0.0}
 
 
 class BackboneSpec(_Spec):
