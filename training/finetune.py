@@ -102,37 +102,42 @@ class FinetuneConfig(BaseModel):
         return self
 
 
-class FrameClassifier(nn.Module):
-    """A backbone and a linear real/fake head: `[N, 3, S, S]` uint8 crops -> `[N, 2]` logits."""
+class _BackboneClassifier(nn.Module):
+    """A backbone with its input normalisation and a linear real/fake head of `inputs` features."""
 
-    def __init__(self, backbone: nn.Module, spec: BackboneSpec) -> None:
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec, inputs: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(spec.feature_dim, 2)
+        self.head = nn.Linear(inputs, 2)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
+    def features(self, crops: Tensor) -> Tensor:
+        """The backbone's features of `[N, 3, S, S]` uint8 crops."""
+        return self.backbone((crops.float() / 255.0 - self.mean) / self.std)
+
+
+class FrameClassifier(_BackboneClassifier):
+    """A backbone and a linear real/fake head: `[N, 3, S, S]` uint8 crops -> `[N, 2]` logits."""
+
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec) -> None:
+        super().__init__(backbone, spec, spec.feature_dim)
+
     def forward(self, crops: Tensor) -> Tensor:
-        pixels = (crops.float() / 255.0 - self.mean) / self.std
-        return self.head(self.backbone(pixels))
+        return self.head(self.features(crops))
 
 
-class ClipClassifier(nn.Module):
+class ClipClassifier(_BackboneClassifier):
     """A backbone and a linear real/fake head over a clip's mean features and mean absolute
     frame-to-frame feature change: `[B, K, 3, S, S]` uint8 clips -> `[B, 2]` logits."""
 
     def __init__(self, backbone: nn.Module, spec: BackboneSpec) -> None:
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone, spec, 2 * spec.feature_dim)
         self.norm = nn.LayerNorm(2 * spec.feature_dim)
-        self.head = nn.Linear(2 * spec.feature_dim, 2)
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, clips: Tensor) -> Tensor:
         count, length = clips.shape[:2]
-        pixels = (clips.flatten(0, 1).float() / 255.0 - self.mean) / self.std
-        features = self.backbone(pixels).view(count, length, -1)
+        features = self.features(clips.flatten(0, 1)).view(count, length, -1)
         change = (features[:, 1:] - features[:, :-1]).abs().mean(dim=1)
         return self.head(self.norm(torch.cat([features.mean(dim=1), change], dim=1)))
 
@@ -241,12 +246,14 @@ def _clips_per_batch(config: FinetuneConfig) -> int:
 
 
 def _unit_targets(crops: CropSet, config: FinetuneConfig) -> list[int]:
-    """The targets of an epoch's training units: every crop, or every clip window."""
-    targets = crops.frame_targets()
+    """The targets of an epoch's training units: every crop, or every clip window (`clip_windows`
+    cuts `len // clip_frames` of them from each video)."""
     if config.clip_frames == 0:
-        return targets.tolist()
-    windows = clip_windows(crops, config.clip_frames, np.random.default_rng(0))
-    return [int(targets[window[0]]) for window in windows]
+        return crops.frame_targets().tolist()
+    lengths = torch.bincount(crops.video, minlength=len(crops.paths)) // config.clip_frames
+    return [
+        t for t, count in zip(crops.targets, lengths.tolist(), strict=True) for _ in range(count)
+    ]
 
 
 def _draws_twin(chance: float, rng: np.random.Generator) -> bool:

@@ -25,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial import ConvexHull
 from torchvision.transforms.v2 import functional as F
 
+_HARMONICS = np.arange(2, 5)
+"""The harmonics of the mask outline's random deformation."""
+
 
 class BlendSpec(BaseModel):
     """Ranges of the random mask, source perturbation and blend (fractions of the crop side)."""
@@ -179,6 +182,3 @@ def perturbed_source(crop: torch.Tensor, draw: BlendDraw) -> torch.Tensor:
         interpolation=F.InterpolationMode.BILINEAR,
     )[0]
     return moved.clamp(0.0, 255.0)
-
-
-_HARMONICS = np.arange(2, 5)
