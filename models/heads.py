@@ -47,6 +47,13 @@ def sequence_lengths(mask: Tensor) -> Tensor:
     return lengths.cpu()
 
 
+def centred(x: Tensor, mask: Tensor) -> Tensor:
+    """`x [B, T, D]` minus each row's mean over its real frames (`mask [B, T]`); padding stays 0."""
+    weights = mask.unsqueeze(-1).to(x.dtype)
+    mean = (x * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
+    return (x - mean) * weights
+
+
 class AttentionPooling(nn.Module):
     """Additive attention over time: `Linear(F, A) -> tanh -> Linear(A, 1)`, masked softmax."""
 
@@ -64,8 +71,9 @@ class AttentionPooling(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """One ensemble member: input standardisation (optional), temporal change (optional), input
-    dropout, bidirectional LSTM or GRU, attention pooling, BatchNorm, FC layers.
+    """One ensemble member: input standardisation (optional), per-sequence centring (optional),
+    temporal change (optional), input dropout, bidirectional LSTM or GRU, attention pooling,
+    BatchNorm, FC layers.
 
     With `spec.input_norm == "standardize"` the member holds buffers `input_mean` and `input_std`
     (`[input_dim]`, part of its state dict, so a checkpoint serves exactly the training-time
@@ -123,6 +131,8 @@ class SequenceClassifier(nn.Module):
             )
         if self.input_mean is not None and self.input_std is not None:
             x = (x - self.input_mean) / self.input_std
+        if self.spec.centre_sequences:
+            x = centred(x, mask)
         if self.spec.temporal_change:  # padding follows the real frames, so it changes none
             change = F.pad((x[:, 1:] - x[:, :-1]).abs(), (0, 0, 1, 0))
             x = torch.cat([x, change], dim=-1)

@@ -174,6 +174,14 @@ class MemberSpec(_Spec):
         description="also feed each frame's absolute change from the previous frame "
         "(|x_t - x_(t-1)|, after standardisation; 0 for the first frame)",
     )
+    centre_sequences: bool = Field(
+        default=False,
+        description="subtract each sequence's mean frame (after standardisation), so the member "
+        "reads how frames depart from their video's average rather than the average itself "
+        "(what the face looks like). Left out of the spec's JSON when false",
+    )
+
+    _omitted_when: ClassVar[dict[str, Any]] = {"centre_sequences": False}
 
 
 DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (

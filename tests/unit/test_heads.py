@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.heads import (
     GRUClassifier,
     LSTMClassifier,
     SequenceClassifier,
     build_member,
+    centred,
     pad_sequences,
 )
 from models.spec import MemberSpec
@@ -17,7 +20,9 @@ from models.spec import MemberSpec
 INPUT_DIM = 6
 
 
-def _member(kind: str, seed: int = 0, temporal_change: bool = False) -> SequenceClassifier:
+def _member(
+    kind: str, seed: int = 0, temporal_change: bool = False, centre_sequences: bool = False
+) -> SequenceClassifier:
     torch.manual_seed(seed)
     spec = MemberSpec(
         name=f"tiny_{kind}",
@@ -25,6 +30,7 @@ def _member(kind: str, seed: int = 0, temporal_change: bool = False) -> Sequence
         hidden_size=8,
         fc_dims=(8,),
         temporal_change=temporal_change,
+        centre_sequences=centre_sequences,
     )
     member = build_member(spec, INPUT_DIM)
     with torch.no_grad():  # non-trivial BatchNorm statistics
@@ -34,12 +40,18 @@ def _member(kind: str, seed: int = 0, temporal_change: bool = False) -> Sequence
 
 
 @pytest.fixture(
-    params=[("lstm", False), ("gru", False), ("lstm", True), ("gru", True)],
-    ids=["lstm", "gru", "lstm-temporal-change", "gru-temporal-change"],
+    params=[
+        ("lstm", False, False),
+        ("gru", False, False),
+        ("lstm", True, False),
+        ("gru", True, False),
+        ("gru", True, True),
+    ],
+    ids=["lstm", "gru", "lstm-temporal-change", "gru-temporal-change", "gru-centred-change"],
 )
 def member(request: pytest.FixtureRequest) -> SequenceClassifier:
-    kind, temporal_change = request.param
-    return _member(kind, temporal_change=temporal_change)
+    kind, temporal_change, centre_sequences = request.param
+    return _member(kind, temporal_change=temporal_change, centre_sequences=centre_sequences)
 
 
 @torch.inference_mode()
@@ -54,6 +66,46 @@ def test_temporal_change_reads_frame_to_frame_differences() -> None:
     plain = _member("gru")
     assert not torch.allclose(member(still, mask)[0], member(flicker, mask)[0])
     assert plain.rnn.input_size == INPUT_DIM
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    offset=st.lists(
+        st.floats(-100, 100, allow_nan=False, allow_subnormal=False),
+        min_size=INPUT_DIM,
+        max_size=INPUT_DIM,
+    ),
+    length=st.integers(1, 7),
+)
+@torch.inference_mode()
+def test_centred_members_ignore_what_every_frame_of_a_video_shares(
+    offset: list[float], length: int
+) -> None:
+    member = _member("lstm", temporal_change=True, centre_sequences=True)
+    x = torch.randn(1, length, INPUT_DIM, generator=torch.Generator().manual_seed(length))
+    mask = torch.ones(1, length, dtype=torch.bool)
+    shifted = x + torch.tensor(offset)
+    torch.testing.assert_close(member(shifted, mask)[0], member(x, mask)[0], atol=1e-4, rtol=0)
+
+
+@torch.inference_mode()
+def test_centring_subtracts_the_mean_of_real_frames_and_keeps_padding_zero() -> None:
+    x = torch.tensor([[[1.0], [3.0], [9.0]], [[2.0], [4.0], [6.0]]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    assert centred(x, mask).squeeze(-1).tolist() == [[-1.0, 1.0, 0.0], [-2.0, 0.0, 2.0]]
+    plain = _member("lstm")
+    offset = torch.full((1, 4, INPUT_DIM), 3.0)
+    still = torch.zeros(1, 4, INPUT_DIM)
+    full = torch.ones(1, 4, dtype=torch.bool)
+    assert not torch.allclose(plain(still, full)[0], plain(offset, full)[0])
+
+
+def test_centring_is_left_out_of_the_spec_json_when_off() -> None:
+    spec = MemberSpec(name="a", kind="lstm", hidden_size=4)
+    assert "centre_sequences" not in spec.model_dump(mode="json")
+    on = spec.model_copy(update={"centre_sequences": True})
+    assert on.model_dump(mode="json")["centre_sequences"] is True
+    assert MemberSpec.model_validate_json(on.model_dump_json()) == on
 
 
 def test_build_member_picks_the_recurrent_kind() -> None:

@@ -122,15 +122,19 @@ def test_parse_members() -> None:
     )
 
 
-def test_temporal_change_flag_reaches_the_named_members() -> None:
+@pytest.mark.parametrize(
+    ("flag", "field"),
+    [("--temporal-change", "temporal_change"), ("--centre-sequences", "centre_sequences")],
+)
+def test_member_input_flags_reach_the_named_members(flag: str, field: str) -> None:
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["train", "--store", "s", "--out", "r", "--members", "lstm8,gru4"])
-    assert not any(m.temporal_change for m in config_from_args(args).members)
+    assert not any(getattr(m, field) for m in config_from_args(args).members)
     args = parser.parse_args(
-        ["train", "--store", "s", "--out", "r", "--members", "lstm8,gru4", "--temporal-change"]
+        ["train", "--store", "s", "--out", "r", "--members", "lstm8,gru4", flag]
     )
-    assert all(m.temporal_change for m in config_from_args(args).members)
+    assert all(getattr(m, field) for m in config_from_args(args).members)
 
 
 def test_feature_statistics_over_all_frames() -> None:

@@ -35,6 +35,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="members of --members also read each frame's absolute change from the previous one",
     )
+    parser.add_argument(
+        "--centre-sequences",
+        action="store_true",
+        help="members of --members read each frame minus its video's mean frame",
+    )
     parser.add_argument("--epochs", type=int, default=_default("epochs"))
     parser.add_argument("--batch-size", type=int, default=_default("batch_size"))
     parser.add_argument("--lr", type=float, default=_default("lr"))
@@ -57,7 +62,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raw = json.loads(args.member_spec.read_text(encoding="utf-8"))
         members = tuple(MemberSpec.model_validate(m) for m in raw)
     else:
-        base = MEMBER_BASE.model_copy(update={"temporal_change": args.temporal_change})
+        base = MEMBER_BASE.model_copy(
+            update={
+                "temporal_change": args.temporal_change,
+                "centre_sequences": args.centre_sequences,
+            }
+        )
         members = parse_members(args.members, base)
     return TrainConfig(
         members=members,
