@@ -10,6 +10,11 @@
 #              up to 1 s (--fill-gaps-s 1.0)
 #   ft-onet-clip the O-net fine-tuned on clips of 8 consecutive crops (self-blended twins that
 #              jitter per frame + the dataset's fakes), all 36 frames of each video, gaps filled
+#   ft-onet-clip-centred the same, its clip classifier reading features centred on the clip's
+#              mean (--clip-centred), so it cannot learn what a face looks like
+# Every arm's features (and `demo`'s) also train members with --centre-sequences into
+# run-ARM-centred (`run-centred` for `demo`): the same chain with members that read each frame
+# minus its video's mean frame.
 # Usage: [ARMS="rand ft ..."] scripts/finetune-grid.sh OUT [SEEDS...]. Steps resume. At the end
 # `training compare` writes OUT/report.md (ensemble VAL / TEST ROC-AUC, the arms side by side,
 # seeds as columns, with means) and the script prints it.
@@ -17,22 +22,27 @@ set -euo pipefail
 out=${1:?usage: [ARMS=...] scripts/finetune-grid.sh OUT [SEEDS...]}
 shift
 seeds=("${@:-0 1 2}")
-read -ra arms <<< "${ARMS:-rand ft ft-onet ft-onet-sup onet-gaps ft-onet-clip}"
+read -ra arms <<< "${ARMS:-rand ft ft-onet ft-onet-sup onet-gaps ft-onet-clip ft-onet-clip-centred}"
 py=${PYTHON:-python}
 members=(--members lstm64,lstm32,gru64 --temporal-change --epochs 40)
 faces=(--detector mtcnn --no-face full_frame --box-smoothing-s 0.5)
 extra=()  # face settings an arm adds to both finetune and extract (`local extra=(...)`)
 sampling=(--inference-frames 36 --sampling uniform)
 step() { local name=$1; shift; local t0=$SECONDS; "$@" > /dev/null; echo "$name $((SECONDS - t0)) s" >&2; }
-# extract (backbone args in "$@") into $s/store-ARM, train the members into $s/run-ARM, evaluate
+# train members on store $1 into run $2 (member args after them), evaluate
+fit() {
+  local store=$1 run=$2; shift 2
+  step "seed $seed train ${run##*/}" $py -m training train --store "$store" --out "$run" \
+    "${members[@]}" "$@" --seed "$seed"
+  step "seed $seed evaluate ${run##*/}" $py -m training evaluate --store "$store" --run "$run"
+}
+# extract (backbone args in "$@") into $s/store-ARM, then members into $s/run-ARM{,-centred}
 chain() {
   local arm=$1; shift
   step "seed $seed extract $arm" $py -m training extract --manifest "$s/manifest.csv" \
     --out "$s/store-$arm" "$@" "${faces[@]}" "${extra[@]}" "${sampling[@]}" --seed "$seed"
-  step "seed $seed train $arm" $py -m training train --store "$s/store-$arm" --out "$s/run-$arm" \
-    "${members[@]}" --seed "$seed"
-  step "seed $seed evaluate $arm" $py -m training evaluate --store "$s/store-$arm" \
-    --run "$s/run-$arm"
+  fit "$s/store-$arm" "$s/run-$arm"
+  fit "$s/store-$arm" "$s/run-$arm-centred" --centre-sequences
 }
 # finetune into $s/ARM (backbone and fine-tuning args in "$@"), then chain on its weights
 tuned() {
@@ -55,14 +65,20 @@ arm_ft-onet-clip() {
   tuned ft-onet-clip mtcnn_onet 48 --weights facenet --lr 3e-4 --frames 36 --clip-frames 8 \
     --batch-size 128
 }
+arm_ft-onet-clip-centred() {
+  local extra=(--fill-gaps-s 1.0)
+  tuned ft-onet-clip-centred mtcnn_onet 48 --weights facenet --lr 3e-4 --frames 36 \
+    --clip-frames 8 --clip-centred --batch-size 128
+}
 for seed in ${seeds[*]}; do
   s=$out/s$seed
   step "seed $seed demo (O-net)" $py -m training demo --out "$s" --seed "$seed"
+  fit "$s/store" "$s/run-centred" --centre-sequences
   for arm in "${arms[@]}"; do "arm_$arm"; done
 done
 runs=()
 for seed in ${seeds[*]}; do
-  for run in run "${arms[@]/#/run-}"; do runs+=("$out/s$seed/$run"); done
+  for arm in "" "${arms[@]/#/-}"; do runs+=("$out/s$seed/run$arm" "$out/s$seed/run$arm-centred"); done
 done
 $py -m training compare "${runs[@]}" --out "$out/report.md" --title "finetune grid" > /dev/null
 cat "$out/report.md"

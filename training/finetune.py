@@ -8,8 +8,10 @@ best VAL ROC-AUC gives the output weights. As in torchvision's reference scripts
 `train_one_epoch` and validation is `evaluate`.
 
 With `clip_frames` K >= 2 the objective is temporal: the classifier reads windows of K consecutive
-sampled crops, through the backbone, as the mean of their features and the mean absolute change
-from one crop's features to the next (what `temporal_change` members read), and a real window's
+sampled crops, through the backbone, as the mean of their features (with `clip_centred`: their
+mean absolute departure from that mean, which no longer shows what the face looks like) and the
+mean absolute change from one crop's features to the next (what `temporal_change` members read),
+and a real window's
 self-blended twin shares one blend whose position, scale and colour jitter from frame to frame
 (`training.selfblend.jittered`). The backbone learns features that move with a pasted face but not
 with the face track. Validation then scores each VAL video's whole crop sequence as one clip.
@@ -86,6 +88,11 @@ class FinetuneConfig(BaseModel):
         description="0: a frame classifier; K >= 2: a clip classifier over K consecutive sampled "
         "crops (mean features and mean frame-to-frame change)",
     )
+    clip_centred: bool = Field(
+        False,
+        description="the clip classifier reads the crops' mean absolute departure from the clip's "
+        "mean features instead of that mean (what members with centre_sequences read)",
+    )
     blend: BlendSpec = BlendSpec()
     flip_p: float = Field(0.5, ge=0.0, le=1.0)
     jpeg_p: float = Field(0.3, ge=0.0, le=1.0)
@@ -99,6 +106,8 @@ class FinetuneConfig(BaseModel):
     def _check_clip(self) -> FinetuneConfig:
         if self.clip_frames == 1 or self.clip_frames > self.frames:
             raise ValueError(f"clip_frames must be 0 or 2..frames ({self.frames})")
+        if self.clip_centred and not self.clip_frames:
+            raise ValueError("clip_centred needs clip_frames")
         return self
 
 
@@ -128,18 +137,22 @@ class FrameClassifier(_BackboneClassifier):
 
 
 class ClipClassifier(_BackboneClassifier):
-    """A backbone and a linear real/fake head over a clip's mean features and mean absolute
-    frame-to-frame feature change: `[B, K, 3, S, S]` uint8 clips -> `[B, 2]` logits."""
+    """A backbone and a linear real/fake head over a clip's mean features (`centred`: the mean
+    absolute departure from them) and mean absolute frame-to-frame feature change:
+    `[B, K, 3, S, S]` uint8 clips -> `[B, 2]` logits."""
 
-    def __init__(self, backbone: nn.Module, spec: BackboneSpec) -> None:
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec, centred: bool = False) -> None:
         super().__init__(backbone, spec, 2 * spec.feature_dim)
         self.norm = nn.LayerNorm(2 * spec.feature_dim)
+        self.centred = centred
 
     def forward(self, clips: Tensor) -> Tensor:
         count, length = clips.shape[:2]
         features = self.features(clips.flatten(0, 1)).view(count, length, -1)
+        mean = features.mean(dim=1)
+        level = (features - mean[:, None]).abs().mean(dim=1) if self.centred else mean
         change = (features[:, 1:] - features[:, :-1]).abs().mean(dim=1)
-        return self.head(self.norm(torch.cat([features.mean(dim=1), change], dim=1)))
+        return self.head(self.norm(torch.cat([level, change], dim=1)))
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -372,8 +385,11 @@ def finetune(
     start = build_backbone(config.backbone, seed=config.seed)
     start_digest = weights_digest(start)
     torch.manual_seed(stable_seed(config.seed, "head"))
-    classifier = ClipClassifier if config.clip_frames else FrameClassifier
-    model = classifier(start, config.backbone).to(target)
+    model = (
+        ClipClassifier(start, config.backbone, config.clip_centred)
+        if config.clip_frames
+        else FrameClassifier(start, config.backbone)
+    ).to(target)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -464,6 +480,8 @@ def _method(config: FinetuneConfig) -> str:
     blended = "self-blended images (Shiohara & Yamasaki, CVPR 2022), landmark-free masks"
     if config.clip_frames:
         blended += f", as clips of {config.clip_frames} crops jittered per frame"
+        if config.clip_centred:
+            blended += " (read centred on the clip's mean)"
     if config.self_blend_p == 0:
         return "supervised on the dataset's fake videos"
     if config.dataset_fakes:

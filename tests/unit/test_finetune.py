@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from models.backbones import build_backbone, weights_digest
 from models.spec import BackboneSpec
@@ -49,16 +50,21 @@ def _faces(count: int, seed: int) -> torch.Tensor:
     return torch.stack(crops)
 
 
-@pytest.mark.parametrize("clip_frames", [0, 4])
-def test_a_few_steps_lower_the_loss(clip_frames: int) -> None:
+@pytest.mark.parametrize(("clip_frames", "centred"), [(0, False), (4, False), (4, True)])
+def test_a_few_steps_lower_the_loss(clip_frames: int, centred: bool) -> None:
     torch.manual_seed(0)
     if clip_frames:  # 4 real videos of 8 crops: 8 clips an epoch, each with a blended twin
         crops = CropSet(_faces(32, 0), torch.arange(32) // 8, [f"v{i}" for i in range(4)], [0] * 4)
     else:
         crops = CropSet(_faces(16, 0), torch.arange(16), [f"v{i}" for i in range(16)], [0] * 16)
-    config = FinetuneConfig(backbone=TINY, batch_size=8, jpeg_p=0.0, clip_frames=clip_frames)
-    classifier = ClipClassifier if clip_frames else FrameClassifier
-    model = classifier(build_backbone(TINY), TINY)
+    config = FinetuneConfig(
+        backbone=TINY, batch_size=8, jpeg_p=0.0, clip_frames=clip_frames, clip_centred=centred
+    )
+    model = (
+        ClipClassifier(build_backbone(TINY), TINY, centred)
+        if clip_frames
+        else FrameClassifier(build_backbone(TINY), TINY)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     weights = class_weights([0] * 16 + [1] * 16)
@@ -116,6 +122,20 @@ def test_clip_batch_gives_each_real_clip_a_jittered_blended_twin() -> None:
 def test_clip_frames_is_zero_or_two_to_frames(clip_frames: int) -> None:
     with pytest.raises(ValueError, match="clip_frames"):
         FinetuneConfig(backbone=TINY, frames=8, clip_frames=clip_frames)
+    with pytest.raises(ValueError, match="clip_centred needs clip_frames"):
+        FinetuneConfig(backbone=TINY, clip_centred=True)
+
+
+@torch.inference_mode()
+def test_a_centred_clip_classifier_reads_no_feature_level() -> None:
+    torch.manual_seed(0)
+    model = ClipClassifier(nn.Identity(), TINY, centred=True)
+    features = torch.randn(2, 5, TINY.feature_dim)
+    shifted = features + torch.randn(2, 1, TINY.feature_dim) * 10
+    model.features = lambda crops: crops.float()  # type: ignore[method-assign]
+    torch.testing.assert_close(model(shifted), model(features), atol=1e-4, rtol=0)
+    model.centred = False
+    assert not torch.allclose(model(shifted), model(features))
 
 
 @pytest.mark.parametrize(("chance", "twins"), [(1.0, 3), (0.0, 0)])

@@ -68,6 +68,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="train on clips of K consecutive sampled crops (mean features and their change from "
         "frame to frame; self-blended twins jitter per frame); 0: single frames",
     )
+    parser.add_argument(
+        "--clip-centred",
+        action="store_true",
+        help="the clip classifier reads each crop's features minus the clip's mean, not the mean "
+        "(what members trained with --centre-sequences read)",
+    )
     parser.add_argument("--amp", choices=["auto", "bfloat16", "off"], default=_default("amp"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -96,6 +102,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         dataset_fakes=args.dataset_fakes,
         self_blend_p=args.self_blend_p,
         clip_frames=args.clip_frames,
+        clip_centred=args.clip_centred,
         amp=args.amp,
         threads=args.threads,
     )
