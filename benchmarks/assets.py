@@ -29,7 +29,7 @@ from models.spec import (
     PipelineSpec,
     SamplingSpec,
 )
-from training.demo import BOX_SMOOTHING_S, DEMO_MEMBERS
+from training.demo import DEMO_FACE, DEMO_MEMBERS
 from training.synth import SYNTH_ENCODING, generate_dataset, plan_clips, upload_encoding
 from training.synth_render import render_clip
 
@@ -60,14 +60,14 @@ def representative_spec(dtype: ComputeDtype) -> PipelineSpec:
 
 
 def onet_spec(dtype: ComputeDtype) -> PipelineSpec:
-    """The demo's model, the one that serves on CPU-only machines: MTCNN with smoothed boxes,
+    """The demo's model, the one that serves on CPU-only machines: MTCNN face tracks,
     O-net face features (the facenet-pytorch wheel's weights) and the demo's three small members
     (random init), every 30th frame (at most 64)."""
     return PipelineSpec(
         name="bench-onet",
         version="bench",
         sampling=SamplingSpec(mode="every_nth", every_nth=EVERY_NTH, max_frames=64),
-        face=FaceSpec(detector="mtcnn", no_face="full_frame", box_smoothing_s=BOX_SMOOTHING_S),
+        face=DEMO_FACE,
         backbone=BackboneSpec(
             arch="mtcnn_onet", weights="facenet", input_size=ONET_INPUT_SIZE, dtype=dtype
         ),

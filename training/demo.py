@@ -2,9 +2,10 @@
 
 Produces `DIR/demo.ckpt` for the README's serving demo with the recipe `training/README.md`
 measures on `synth`: MTCNN's O-net (the one pretrained face network available offline, from the
-facenet-pytorch wheel) on face crops whose boxes are smoothed over time, and members that also
-read frame-to-frame change. Every step is skipped when its output is already there (the store and
-the run resume on their own).
+facenet-pytorch wheel) on face crops whose boxes follow a face track (smoothed over time, the
+detector's gaps filled), and members that read each frame's departure from its video's mean frame
+and the change from frame to frame. Every step is skipped when its output is already there (the
+store and the run resume on their own).
 """
 
 from __future__ import annotations
@@ -30,19 +31,20 @@ from training.train import MEMBER_BASE, parse_members, train_run
 logger = logging.getLogger(__name__)
 
 DEMO_MEMBERS = parse_members(
-    "lstm64,lstm32,gru64", MEMBER_BASE.model_copy(update={"temporal_change": True})
+    "lstm64,lstm32,gru64",
+    MEMBER_BASE.model_copy(update={"temporal_change": True, "centre_sequences": True}),
 )
-BOX_SMOOTHING_S = 0.5
+DEMO_FACE = FaceSpec(detector="mtcnn", no_face="full_frame", box_smoothing_s=0.5, fill_gaps_s=1.0)
+"""MTCNN face tracks: boxes smoothed over 0.5 s, gaps of up to 1 s between detections filled."""
 
 
 def demo_store_spec(frames: int, seed: int) -> StoreSpec:
-    """The demo's features: O-net features of MTCNN face crops of `frames` uniform frames, with
-    each video's face boxes smoothed over `BOX_SMOOTHING_S` seconds."""
+    """The demo's features: O-net features of `DEMO_FACE` crops of `frames` uniform frames."""
     uniform = SamplingSpec(mode="uniform", num_frames=frames, max_frames=frames)
     return StoreSpec(
         inference_sampling=uniform,
         train_sampling={"real": uniform, "fake": uniform},
-        face=FaceSpec(detector="mtcnn", no_face="full_frame", box_smoothing_s=BOX_SMOOTHING_S),
+        face=DEMO_FACE,
         backbone=BackboneSpec(arch="mtcnn_onet", weights="facenet", input_size=ONET_INPUT_SIZE),
         seed=seed,
     )
