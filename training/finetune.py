@@ -11,10 +11,10 @@ With `clip_frames` K >= 2 the objective is temporal: the classifier reads window
 sampled crops, through the backbone, as the mean of their features (with `clip_centred`: their
 mean absolute departure from that mean, which no longer shows what the face looks like) and the
 mean absolute change from one crop's features to the next (what `temporal_change` members read),
-and a real window's
-self-blended twin shares one blend whose position, scale and colour jitter from frame to frame
-(`training.selfblend.jittered`). The backbone learns features that move with a pasted face but not
-with the face track. Validation then scores each VAL video's whole crop sequence as one clip.
+and a real window's self-blended twin shares one blend whose position, scale and colour jitter
+from frame to frame (`training.selfblend.jittered`). The backbone learns features that move with
+a pasted face but not with the face track. Validation then scores each VAL video's whole crop
+sequence as one clip.
 
 The output directory holds `backbone.safetensors` (the headless backbone of the best epoch, with
 the finetune record in its metadata: what `extract --weights file:PATH` reads), `finetune.json`
