@@ -93,6 +93,10 @@ def test_centring_subtracts_the_mean_of_real_frames_and_keeps_padding_zero() -> 
     x = torch.tensor([[[1.0], [3.0], [9.0]], [[2.0], [4.0], [6.0]]])
     mask = torch.tensor([[True, True, False], [True, True, True]])
     assert centred(x, mask).squeeze(-1).tolist() == [[-1.0, 1.0, 0.0], [-2.0, 0.0, 2.0]]
+
+
+@torch.inference_mode()
+def test_uncentred_members_see_what_every_frame_of_a_video_shares() -> None:
     plain = _member("lstm")
     offset = torch.full((1, 4, INPUT_DIM), 3.0)
     still = torch.zeros(1, 4, INPUT_DIM)
